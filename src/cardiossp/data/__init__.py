@@ -1,0 +1,1 @@
+"""Data: readers -> Subject records -> preprocessing -> slice cache -> splits -> datasets."""

@@ -1,0 +1,196 @@
+"""On-disk slice cache: one folder per subject with memory-mapped arrays, plus a manifest table.
+
+Layout of a cache folder::
+
+    cache.json                  spacing, size, format version, the sources that fed it
+    manifest.csv                one row per 2D slice (see MANIFEST_COLUMNS)
+    subjects.csv                one row per subject
+    subjects/<key>/image.npy    (T, Z, S, S) float16, z-scored
+    subjects/<key>/labels.npy   (L, Z, S, S) uint8 internal labels of the L labeled frames
+    subjects/<key>/meta.json    metadata, labeled frames, geometry for the inverse mapping
+
+A subject folder counts as done only once ``meta.json`` exists; arrays are written to a
+temporary name and renamed first, so an interrupted ``prepare`` leaves nothing a later
+run trusts. Re-running ``prepare`` skips subjects whose fingerprint (reader, source
+files' sizes and times, spacing, size) is unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError
+from .preprocess import Geometry, preprocess_subject
+from .readers import get_reader
+from .subject import Subject
+
+FORMAT_VERSION = 1
+MANIFEST_COLUMNS = [
+    "subject", "dataset", "vendor", "centre", "pathology", "view", "frame", "frame_number", "phase",
+    "slice", "n_slices", "position", "labeled", "label_index",
+]
+
+
+def subject_key(subject: Subject) -> str:
+    """A file-system safe, cache-wide unique key: ``<dataset>_<subject id>``."""
+    sid = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(subject.subject_id).name)
+    return f"{subject.dataset}_{sid}"
+
+
+def _fingerprint(reader: str, files: list[Path], spacing: float, size: int) -> str:
+    """Changes when the reader, the target grid, or any source file's path, size or mtime does."""
+    h = hashlib.sha1(f"{FORMAT_VERSION}|{reader}|{spacing}|{size}".encode())
+    for p in sorted(files):
+        st = p.stat()
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o))
+
+
+def write_subject(out: Path, subject: Subject, reader: str, fingerprint: str, spacing: float, size: int) -> dict:
+    """Preprocess one subject into ``out/subjects/<key>/``; returns its meta record."""
+    key = subject_key(subject)
+    folder = out / "subjects" / key
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    pre = preprocess_subject(subject, spacing, size)
+    _save_npy_atomic(folder / "image.npy", pre.image.astype(np.float16))
+    label_frames = sorted(pre.labels)
+    labels = np.stack([pre.labels[t] for t in label_frames]) if label_frames else np.zeros((0, subject.n_slices, size, size), np.uint8)
+    _save_npy_atomic(folder / "labels.npy", labels)
+    meta = {
+        "key": key, "subject_id": subject.subject_id, "dataset": subject.dataset, "reader": reader,
+        "vendor": subject.vendor, "centre": subject.centre, "pathology": subject.pathology, "view": subject.view,
+        "source": subject.source, "fingerprint": fingerprint, "n_frames": subject.n_frames,
+        "n_slices": subject.n_slices, "ed_frame": subject.ed_frame, "es_frame": subject.es_frame,
+        "frame_numbers": list(subject.frame_numbers or []), "label_frames": label_frames,
+        "positions": pre.positions.tolist(), "geometry": pre.geometry.to_dict(),
+        "extra": {k: v for k, v in subject.extra.items() if isinstance(v, (str, int, float, bool))},
+    }
+    write_json_atomic(folder / "meta.json", meta)  # written last: marks the subject done
+    return meta
+
+
+def manifest_rows(meta: dict) -> list[dict]:
+    rows = []
+    label_index = {t: i for i, t in enumerate(meta["label_frames"])}
+    for t in range(meta["n_frames"]):
+        phase = "ED" if t == meta["ed_frame"] else "ES" if t == meta["es_frame"] else "unlabeled"
+        for z in range(meta["n_slices"]):
+            rows.append({
+                "subject": meta["key"], "dataset": meta["dataset"], "vendor": meta["vendor"],
+                "centre": meta["centre"], "pathology": meta["pathology"], "view": meta["view"], "frame": t,
+                "frame_number": meta["frame_numbers"][t] if meta["frame_numbers"] else t, "phase": phase,
+                "slice": z, "n_slices": meta["n_slices"], "position": meta["positions"][z],
+                "labeled": t in label_index, "label_index": label_index.get(t, -1),
+            })
+    return rows
+
+
+def prepare(
+    sources: Iterable[tuple[str, str | Path]],
+    out: str | Path,
+    spacing: float = 1.25,
+    size: int = 256,
+    progress: Callable[[str, int, int, bool], None] | None = None,
+) -> Path:
+    """Build (or update) a cache at ``out`` from ``(reader name, data folder)`` pairs.
+
+    ``progress(subject_id, i, n, reused)`` is called after each subject.
+    """
+    out = Path(out)
+    (out / "subjects").mkdir(parents=True, exist_ok=True)
+    info_path = out / "cache.json"
+    if info_path.exists():
+        info = json.loads(info_path.read_text())
+        if (info.get("spacing"), info.get("size")) != (spacing, size):
+            raise DataError(out, f"cache holds spacing {info.get('spacing')} / size {info.get('size')}; "
+                                 f"asked for {spacing} / {size}: use another --out folder")
+    metas: dict[str, dict] = {}
+    done = _meta_index(out)
+    source_list = []
+    for reader_name, data in sources:
+        reader, root = get_reader(reader_name), Path(data)
+        if not root.is_dir():
+            raise DataError(root, "data folder not found")
+        ids = reader.subject_ids(root)
+        if not ids:
+            raise DataError(root, f"no subjects found for reader {reader_name!r} (is this the right layout?)")
+        source_list.append({"reader": reader_name, "data": str(root.resolve()), "subjects": len(ids)})
+        for i, sid in enumerate(ids):
+            fp = _fingerprint(reader_name, reader.source_files(root, sid), spacing, size)
+            meta = done.get((reader_name, fp))
+            reused = meta is not None
+            if meta is None:
+                meta = write_subject(out, reader.load(root, sid), reader_name, fp, spacing, size)
+            if meta["key"] in metas:
+                raise DataError(root / sid, f"subject key {meta['key']!r} occurs twice in the inputs")
+            metas[meta["key"]] = meta
+            if progress:
+                progress(sid, i + 1, len(ids), reused)
+    _write_tables(out, metas)
+    write_json_atomic(info_path, {"format_version": FORMAT_VERSION, "spacing": spacing, "size": size,
+                                  "sources": source_list, "n_subjects": len(metas)})
+    return out
+
+
+def _meta_index(out: Path) -> dict[tuple[str, str], dict]:
+    """Finished subject folders of a cache, by (reader, fingerprint)."""
+    metas = {}
+    for meta_path in (out / "subjects").glob("*/meta.json"):
+        try:
+            m = json.loads(meta_path.read_text())
+        except json.JSONDecodeError:
+            continue  # a broken record is recomputed
+        if (meta_path.parent / "image.npy").exists() and (meta_path.parent / "labels.npy").exists():
+            metas[(m["reader"], m["fingerprint"])] = m
+    return metas
+
+
+def _write_tables(out: Path, metas: dict[str, dict]) -> None:
+    rows = [r for key in sorted(metas) for r in manifest_rows(metas[key])]
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    tmp = out / "manifest.csv.tmp"
+    manifest.to_csv(tmp, index=False)
+    os.replace(tmp, out / "manifest.csv")
+    subj = pd.DataFrame([{
+        "subject": m["key"], "subject_id": m["subject_id"], "dataset": m["dataset"], "vendor": m["vendor"],
+        "centre": m["centre"], "pathology": m["pathology"], "view": m["view"], "n_frames": m["n_frames"],
+        "n_slices": m["n_slices"], "labeled_frames": len(m["label_frames"]),
+        "spacing_x": m["geometry"]["spacing"][0], "spacing_y": m["geometry"]["spacing"][1],
+        "spacing_z": m["geometry"]["spacing"][2],
+    } for _, m in sorted(metas.items())])
+    tmp = out / "subjects.csv.tmp"
+    subj.to_csv(tmp, index=False)
+    os.replace(tmp, out / "subjects.csv")

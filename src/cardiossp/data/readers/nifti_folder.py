@@ -1,0 +1,188 @@
+"""A generic NIfTI folder: nnU-Net's raw-dataset layout, or any folder of NIfTI files.
+
+(a) nnU-Net layout (Isensee et al., Nature Methods 2021), detected by ``dataset.json`` in the root:
+    ``imagesTr/CASE_0000.nii.gz`` + ``labelsTr/CASE.nii.gz`` (labeled), ``imagesTs/CASE_0000.nii.gz``
+    (+ ``labelsTs/CASE.nii.gz`` if present). Only channel 0000 is read. ``dataset.json`` "labels" (v2
+    ``{"background": 0, "LV": 1}`` or v1 ``{"0": "background", "1": "LV"}``) names each value;
+    names are mapped case-insensitively to the internal convention (0 bg, 1 LV, 2 MYO, 3 RV):
+    e.g. LV / LVC / left ventricle / LV blood pool -> 1, MYO / MLV / myocardium -> 2, RV / RVC /
+    right ventricle -> 3. An unknown name is a ``DataError`` naming dataset.json.
+(b) plain folder (no dataset.json): every ``*.nii`` / ``*.nii.gz`` below root is one unlabeled subject
+    whose id is the file name without extension.
+
+Geometry: a 3D file is one frame (T=1); a 4D file (x, y, slice, time) keeps all frames. A 4D label
+file with the image's frame count labels every frame that has a nonzero voxel; a 3D label file
+belongs to a 3D image (frame 0). An optional ``metadata.csv`` in root, columns
+``subject,vendor,centre,pathology,ed_frame,es_frame`` (0-based frame indices; more columns go to
+``extra``), fills metadata in both layouts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ...errors import DataError
+from ..labels import BACKGROUND, LV, MYO, RV
+from ..subject import Subject
+from .base import READERS, Reader, load_label_nifti, load_nifti, to_4d
+from .mnms import csv_int, ed_es_by_lv_volume, read_info_csvs
+
+LABEL_NAMES: dict[str, int] = {}
+for _value, _names in {
+    BACKGROUND: ("background", "bg", "bkg"),
+    LV: ("lv", "lvc", "lv cavity", "lv blood pool", "lv bp", "lv endo", "left ventricle", "left ventricular cavity",
+         "left ventricle cavity", "left ventricular blood pool", "lv pool"),
+    MYO: ("myo", "myocardium", "mlv", "lvm", "lv myo", "lv myocardium", "left ventricular myocardium",
+          "left ventricle myocardium", "myocardium lv"),
+    RV: ("rv", "rvc", "rv cavity", "rv blood pool", "rv bp", "rv endo", "right ventricle", "right ventricular cavity",
+         "right ventricle cavity", "right ventricular blood pool", "rv pool"),
+}.items():
+    for _n in _names:
+        LABEL_NAMES[_n] = _value
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", name.strip().lower())
+
+
+def label_map_from_dataset_json(path: Path) -> tuple[dict[int, int], dict]:
+    """Parse nnU-Net's dataset.json -> (file label value -> internal value, the json dict)."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(path, f"cannot read dataset.json: {e}") from None
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    if not isinstance(labels, dict) or not labels:
+        raise DataError(path, 'no "labels" mapping (expected e.g. {"background": 0, "LV": 1, "MYO": 2, "RV": 3})')
+    if all(str(k).strip().isdigit() for k in labels):  # nnU-Net v1: {"0": "background", ...}
+        pairs = [(str(v), k) for k, v in labels.items()]
+    else:
+        pairs = list(labels.items())
+    mapping: dict[int, int] = {}
+    for name, value in pairs:
+        if not isinstance(value, (int, str)) or not str(value).strip().isdigit():
+            raise DataError(path, f"label {name!r} has value {value!r}; only one integer per label is supported "
+                                  "(no nnU-Net regions)")
+        internal = LABEL_NAMES.get(_norm(str(name)))
+        if internal is None:
+            raise DataError(path, f"unknown label name {name!r}; known names map to LV, MYO, RV, e.g. "
+                                  "'LV'/'left ventricle', 'MYO'/'myocardium', 'RV'/'right ventricle', 'background'")
+        mapping[int(value)] = internal
+    mapping.setdefault(0, BACKGROUND)
+    return mapping, meta
+
+
+def _strip_ext(name: str) -> str:
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+@READERS.register("nifti")
+class NiftiFolderReader(Reader):
+    name = "nifti"
+    description = "NIfTI folder: nnU-Net imagesTr/labelsTr/imagesTs + dataset.json, or any folder of .nii(.gz) files"
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[Path, str], object] = {}
+
+    def _cached(self, root: Path, kind: str, make):
+        if (root, kind) not in self._cache:
+            self._cache[(root, kind)] = make()
+        return self._cache[(root, kind)]
+
+    def subject_ids(self, root: Path) -> list[str]:
+        root = Path(root)
+        if (root / "dataset.json").is_file():
+            ending = self._dataset(root)[1].get("file_ending", ".nii.gz")
+            ids = []
+            for sub in ("imagesTr", "imagesTs"):
+                suffix = f"_0000{ending}"
+                ids += sorted(f"{sub}/{p.name[: -len(suffix)]}" for p in (root / sub).glob(f"*{suffix}"))
+            return ids
+        files = [p for p in root.rglob("*") if p.name.endswith((".nii", ".nii.gz")) and p.is_file()]
+        return sorted(_strip_ext(str(p.relative_to(root))) for p in files)
+
+    def _dataset(self, root: Path) -> tuple[dict[int, int], dict]:
+        return self._cached(root, "json", lambda: label_map_from_dataset_json(root / "dataset.json"))
+
+    def _metadata(self, root: Path) -> dict:
+        path = root / "metadata.csv"
+        return self._cached(root, "meta", lambda: read_info_csvs(path.parent, ("subject",)) if path.is_file() else {})
+
+    def load(self, root: Path, subject_id: str) -> Subject:
+        root = Path(root)
+        labels: dict[int, np.ndarray] = {}
+        extra: dict = {}
+        if (root / "dataset.json").is_file():
+            mapping, meta = self._dataset(root)
+            ending = meta.get("file_ending", ".nii.gz")
+            sub, case = subject_id.split("/", 1)
+            image_path = root / sub / f"{case}_0000{ending}"
+            label_path = root / sub.replace("images", "labels") / f"{case}{ending}"
+            image, affine, zooms = load_nifti(image_path, ndims=(3, 4))
+            if label_path.is_file():
+                labels = self._labels(label_path, image, affine, mapping)
+            image = to_4d(image)
+            extra.update(dataset_name=meta.get("name"), split=sub, layout="nnunet")
+        else:
+            case = Path(subject_id).name
+            image_path = next((root / f"{subject_id}{e}" for e in (".nii.gz", ".nii")
+                               if (root / f"{subject_id}{e}").is_file()), root / f"{subject_id}.nii.gz")
+            image, affine, zooms = load_nifti(image_path, ndims=(3, 4))
+            image = to_4d(image)
+            extra["layout"] = "plain"
+
+        csv_path, row = self._metadata(root).get(case, (None, {}))
+        ed = csv_int(row.get("ed_frame"), csv_path, f"ed_frame of {case}") if row else None
+        es = csv_int(row.get("es_frame"), csv_path, f"es_frame of {case}") if row else None
+        for what, t in (("ed_frame", ed), ("es_frame", es)):
+            if t is not None and t >= image.shape[3]:
+                raise DataError(csv_path, f"{what} of {case} is {t}, but {image_path.name} has {image.shape[3]} frames")
+        if ed is None and es is None and image.shape[3] > 1:
+            ed, es = ed_es_by_lv_volume(labels)
+        extra.update({k: v for k, v in row.items() if v is not None and k not in
+                      {"subject", "vendor", "centre", "center", "pathology", "ed_frame", "es_frame"}})
+        return Subject(
+            subject_id=case,
+            dataset="nifti",
+            image=image,
+            spacing=tuple(zooms[:3]),
+            affine=affine,
+            labels=labels,
+            ed_frame=ed,
+            es_frame=es,
+            vendor=row.get("vendor"),
+            centre=row.get("centre") or row.get("center"),
+            pathology=row.get("pathology"),
+            view=row.get("view") or "SA",
+            source=str(image_path),
+            extra=extra,
+        )
+
+    @staticmethod
+    def _labels(path: Path, image: np.ndarray, affine: np.ndarray, mapping: dict[int, int]) -> dict[int, np.ndarray]:
+        try:
+            label_shape = tuple(nib.load(str(path)).shape)
+        except Exception as e:  # header unreadable: let load_nifti phrase it
+            raise DataError(path, f"cannot read NIfTI header: {e}") from None
+        img4 = to_4d(image)
+        n_t = img4.shape[3]
+        if len(label_shape) == 3 or (len(label_shape) == 4 and image.ndim == 3 and label_shape[3] == 1):
+            if n_t != 1:
+                raise DataError(path, f"3D label map for a 4D image with {n_t} frames: cannot tell which frame it "
+                                      "labels (give a 4D label map with the same number of frames)")
+            expected = img4.shape[:3] + ((1,) if len(label_shape) == 4 else ())
+            lab = load_label_nifti(path, mapping, "dataset.json", like=(expected, affine))
+            return {0: lab.reshape(img4.shape[:3])}
+        if len(label_shape) == 4 and image.ndim == 4:
+            lab = load_label_nifti(path, mapping, "dataset.json", like=(image.shape, affine))
+            return {t: np.ascontiguousarray(lab[..., t]) for t in range(n_t) if lab[..., t].any()}
+        raise DataError(path, f"label shape {label_shape} does not fit image shape {image.shape}: a 3D image needs "
+                              "a 3D label map, a 4D image a 4D one with the same number of frames")

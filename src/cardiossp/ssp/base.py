@@ -1,0 +1,178 @@
+"""The contract every self-supervised pretraining (SSP) method follows, and its registry.
+
+A method is a small ``nn.Module``; the engine owns the loop, AMP, clipping, logging and
+checkpoints (DESIGN habit 1, after timm's ``task`` modules). One training step is::
+
+    views = method.make_views(sample)              # per sample, CPU, DataLoader worker
+    out = method.forward_loss(batch, progress)     # {"loss": scalar tensor, "<log>": float}
+    out["loss"].backward()
+    method.on_after_backward(epoch)                # DINO: cancel last-layer grads in epoch 0
+    optimizer.step()
+    method.on_train_batch_end(progress)            # DINO: EMA teacher update
+
+``progress`` in [0, 1] is the fraction of training done; every schedule is a pure
+function of it (``cardiossp.ssp.schedules``). ``method(batch, progress)`` is
+``forward_loss`` so the method can be wrapped by DDP.
+
+``transferable_state()`` returns what fine-tuning receives, keyed in the namespace of the
+*segmentation model* built by ``backbone_factory`` (e.g. ``encoder.stages.0...``), so
+``seg_model.load_state_dict(state, strict=False)`` works directly. Keys that alias the
+same tensors (PlainConvUNet stores its encoder again as ``decoder.encoder.*``) are
+included, so nnU-Net's ``load_pretrained_weights`` finds every key it expects.
+
+Backbones: any segmentation network ``backbone_factory(num_classes, deep_supervision)``
+whose ``.encoder(x)`` returns the list of skip features (last = bottleneck), e.g.
+nnU-Net's ``PlainConvUNet`` (Isensee et al. 2021).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..registry import Registry
+from .views import Augment, as_size, default_augment
+
+BackboneFactory = Callable[[int, bool], nn.Module]
+
+SSP_METHODS: Registry[type["SSPMethod"]] = Registry("SSP method")
+
+
+def resolve_cfg(name: str, defaults: dict, cfg: dict | None) -> dict:
+    """Defaults overlaid with ``cfg``; an unknown key is a :class:`ConfigError`."""
+    cfg = dict(cfg or {})
+    unknown = sorted(set(cfg) - set(defaults))
+    if unknown:
+        raise ConfigError(f"SSP method {name!r}: unknown option(s) {unknown}; known: {sorted(defaults)}")
+    return {**defaults, **cfg}
+
+
+def build_backbone(factory: BackboneFactory, num_classes: int, deep_supervision: bool) -> nn.Module:
+    net = factory(num_classes, deep_supervision)
+    if not isinstance(getattr(net, "encoder", None), nn.Module):
+        raise ConfigError(f"backbone {type(net).__name__} has no '.encoder' module; SSP methods need one")
+    return net
+
+
+def encoder_key_map(net: nn.Module) -> dict[str, str]:
+    """Map every key of ``net.state_dict()`` whose tensor is one of ``net.encoder``'s to
+    that tensor's key in ``net.encoder.state_dict()`` (finds aliases such as
+    ``decoder.encoder.*`` by storage, not by name)."""
+    by_storage = {}
+    for k, t in net.encoder.state_dict().items():
+        by_storage[(t.data_ptr(), tuple(t.shape), t.dtype)] = k
+    out = {}
+    for k, t in net.state_dict().items():
+        enc_key = by_storage.get((t.data_ptr(), tuple(t.shape), t.dtype))
+        if enc_key is not None and t.numel() > 0:
+            out[k] = enc_key
+    if not out:
+        raise ConfigError(f"could not find the encoder's tensors in {type(net).__name__}.state_dict()")
+    return out
+
+
+def encoder_state(encoder: nn.Module, key_map: dict[str, str]) -> dict[str, Tensor]:
+    """Snapshot of ``encoder`` in the segmentation model's key namespace."""
+    sd = encoder.state_dict()
+    return {seg_key: sd[enc_key].detach().clone() for seg_key, enc_key in key_map.items()}
+
+
+def encoder_features(encoder: nn.Module, x: Tensor) -> Tensor:
+    """Bottleneck features (B, C, h, w) of ``encoder(x)`` (list of skips or a tensor)."""
+    feats = encoder(x)
+    return feats[-1] if isinstance(feats, (list, tuple)) else feats
+
+
+def pooled(encoder: nn.Module, x: Tensor) -> Tensor:
+    """Global-average-pooled bottleneck: (B, 1, H, W) -> (B, C)."""
+    return encoder_features(encoder, x).mean(dim=(-2, -1))
+
+
+@torch.no_grad()
+def bottleneck_channels(encoder: nn.Module, size: tuple[int, int]) -> int:
+    """Channels of the bottleneck: ``encoder.output_channels[-1]`` when the encoder
+    declares it (dynamic_network_architectures), else one dummy forward at ``size``."""
+    declared = getattr(encoder, "output_channels", None)
+    if isinstance(declared, (list, tuple)) and declared:
+        return int(declared[-1])
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        return int(encoder_features(encoder, torch.zeros(1, 1, *size)).shape[1])
+    finally:
+        encoder.train(was_training)
+
+
+def require(batch: dict, *keys: str) -> list[Any]:
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise KeyError(f"batch lacks {missing}; has {sorted(batch)} (were the views made by this method?)")
+    return [batch[k] for k in keys]
+
+
+class SSPMethod(nn.Module):
+    """Base class: subclasses set ``name``, ``transfers``, ``defaults`` and implement
+    ``view_maker``, ``forward_loss`` and ``transferable_state``.
+
+    Args:
+        backbone_factory: ``(num_classes, deep_supervision) -> segmentation nn.Module``
+            with an ``.encoder``.
+        cfg: method options (see the subclass's ``defaults``); common ones are
+            ``input_size`` (int or (H, W); images arriving at ``make_views`` are
+            augmented to this size) and ``augment`` (preset name for the default
+            augmentation: ``paper``, ``nnunet`` or ``none``).
+        augment: per-sample callable ``{"image": (1,H,W)} -> {"image": (1,h,w)}``;
+            default ``cardiossp.data.augment.build_transforms(cfg["augment"], input_size)``.
+    """
+
+    name: ClassVar[str] = ""
+    transfers: ClassVar[str] = "encoder"  # "encoder" | "encoder+decoder"
+    defaults: ClassVar[dict] = {"input_size": 256, "augment": "paper"}
+
+    def __init__(self, backbone_factory: BackboneFactory, cfg: dict | None = None, augment: Augment | None = None):
+        super().__init__()
+        self.cfg = resolve_cfg(self.name, self.defaults, cfg)
+        self.input_size = as_size(self.cfg["input_size"])
+        self.augment = augment if augment is not None else default_augment(self.cfg["augment"], self.input_size)
+
+    # --- data side (CPU, workers) -------------------------------------------------
+    @property
+    def view_maker(self) -> Callable[[dict], dict]:
+        """A picklable callable holding only the augmentation (no network)."""
+        raise NotImplementedError
+
+    def make_views(self, sample: dict) -> dict:
+        """``sample`` = {"image": (1,H,W), "position": float, "subject": str} -> views."""
+        return self.view_maker(sample)
+
+    # --- model side (engine) ------------------------------------------------------
+    def forward_loss(self, batch: dict, progress: float) -> dict:
+        """Collated views -> ``{"loss": scalar tensor, **floats to log}``."""
+        raise NotImplementedError
+
+    def forward(self, batch: dict, progress: float = 0.0) -> dict:
+        return self.forward_loss(batch, progress)
+
+    def on_after_backward(self, epoch: int) -> None:
+        """Called after ``loss.backward()``, before the optimizer step."""
+
+    def on_train_batch_end(self, progress: float) -> None:
+        """Called after the optimizer step."""
+
+    def transferable_state(self) -> dict[str, Tensor]:
+        """What fine-tuning receives, keyed like the segmentation model's state dict."""
+        raise NotImplementedError
+
+
+def build_method(
+    name: str,
+    backbone_factory: BackboneFactory,
+    cfg: dict | None = None,
+    augment: Augment | None = None,
+    **kwargs: Any,
+) -> SSPMethod:
+    """Instantiate the registered method ``name`` (``simclr``, ``pcl``, ``dino``, ``mim``)."""
+    return SSP_METHODS.get(name)(backbone_factory, cfg, augment=augment, **kwargs)

@@ -1,0 +1,1 @@
+"""Training: Lightning modules for segmentation and pretraining, losses, weight transfer."""
