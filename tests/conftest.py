@@ -70,3 +70,32 @@ def mnms2_root(shared_data) -> Path:
 @pytest.fixture(scope="session")
 def sunnybrook_root(shared_data) -> Path:
     return _dataset(shared_data, "sunnybrook")
+
+
+@pytest.fixture(scope="session")
+def phantom_cache(tmp_path_factory):
+    """A small slice cache of 10 phantom subjects (2 unlabeled) at 64x64, and a split file.
+
+    Returns (cache folder, split file). Split: 2 val, 2 test, 4 train (budget 2), 2 unlabeled.
+    """
+    from cardiossp.data.cache import prepare
+    from cardiossp.data.readers.phantom import write_phantom_config
+    from cardiossp.data.slices import SliceCache
+    from cardiossp.data.splits import make_split, save_split
+
+    root = tmp_path_factory.mktemp("phantom")
+    write_phantom_config(root / "raw", n_subjects=10, n_unlabeled=2, size=64, n_slices=4, n_frames=4)
+    cache = prepare([("phantom", root / "raw")], root / "cache", spacing=1.5, size=64)
+    split = save_split(make_split(SliceCache(cache).subjects, seed=0, val=2, test=2, budgets=[2]), root / "split.yaml")
+    return cache, split
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny nets run far faster on one thread on a shared 2-core machine; restores the setting."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -115,8 +115,8 @@ def test_beat_ejection_fraction_and_wall_thickening(subjects):
         assert volume(es, RV) < volume(ed, RV)
         # thickness from areas on the mid slice: r_epi - r_endo, with the myocardial area conserved
         z = s.n_slices // 2
-        thick = [np.sqrt(((l[:, :, z] == LV) | (l[:, :, z] == MYO)).sum() / np.pi) - np.sqrt((l[:, :, z] == LV).sum() / np.pi)
-                 for l in (ed, es)]
+        thick = [np.sqrt((lab[:, :, z] > 0).sum() - (lab[:, :, z] == RV).sum()) / np.sqrt(np.pi)
+                 - np.sqrt((lab[:, :, z] == LV).sum() / np.pi) for lab in (ed, es)]
         assert thick[1] > thick[0] + (0.5 if s.pathology != "DCM" else 0.1)  # DCM: little thickening
     assert {"NOR", "DCM"} <= seen
 
@@ -160,13 +160,6 @@ def test_bad_arguments():
         make_phantom_subject(0, vendor="Z")
 
 
-def test_generation_is_fast():
-    make_phantom_subject(0)  # warm-up (imports, caches)
-    t0 = time.process_time()  # CPU time of this process: robust to other jobs on the machine
-    subjects = [make_phantom_subject(i) for i in range(12)]
-    assert time.process_time() - t0 < 2.0
-    assert subjects[0].shape == (96, 96, 8, 10)
-
 
 def test_reader_defaults(tmp_path):
     assert "phantom" in READERS
@@ -193,6 +186,12 @@ def test_reader_with_config(tmp_path):
     (tmp_path / "phantom.json").write_text(json.dumps({"n_subjects": 2, "colour": "red"}))
     with pytest.raises(DataError, match="phantom.json.*colour"):
         get_reader("phantom").subject_ids(tmp_path)
+    with pytest.raises(DataError, match="n_unlabeled"):
+        write_phantom_config(tmp_path / "other", n_subjects=2, n_unlabeled=3)
+    assert not (tmp_path / "other" / "phantom.json").exists()
+    (tmp_path / "phantom.json").write_text(json.dumps({"size": 8}))
+    with pytest.raises(DataError, match="size >= 32"):
+        get_reader("phantom").subject_ids(tmp_path)
     (tmp_path / "phantom.json").write_text("{not json")
     with pytest.raises(DataError, match="phantom.json"):
         get_reader("phantom").subject_ids(tmp_path)
@@ -201,7 +200,8 @@ def test_reader_with_config(tmp_path):
 def test_write_nifti_dataset(tmp_path):
     kw = dict(size=48, n_slices=4, n_frames=6, spacing=(1.5, 1.5, 8.0))
     out = write_phantom_dataset(tmp_path / "ds", n_subjects=3, n_unlabeled=1, seed=2, **kw)
-    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    write_phantom_dataset(tmp_path / "ds", n_subjects=3, n_unlabeled=1, seed=2, **kw)  # rewriting is fine
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())  # no temporary files left
     assert files == ["dataset.json", "imagesTr/phantom000_0000.nii.gz", "imagesTr/phantom001_0000.nii.gz",
                      "imagesTs/phantom002_0000.nii.gz", "labelsTr/phantom000.nii.gz", "labelsTr/phantom001.nii.gz",
                      "metadata.csv"]
@@ -241,7 +241,8 @@ def test_nifti_reader_loads_written_dataset(tmp_path):
         s = subs[sid]
         np.testing.assert_array_equal(s.image, ref.image)
         np.testing.assert_allclose(s.spacing, ref.spacing, rtol=1e-6)
-        assert (s.ed_frame, s.es_frame, s.vendor, s.pathology) == (ref.ed_frame, ref.es_frame, ref.vendor, ref.pathology)
+        meta = (s.ed_frame, s.es_frame, s.vendor, s.centre, s.pathology)
+        assert meta == (ref.ed_frame, ref.es_frame, ref.vendor, ref.centre, ref.pathology)
         assert sorted(s.labels) == sorted(ref.labels)
         for t in ref.labels:
             np.testing.assert_array_equal(s.labels[t], ref.labels[t])

@@ -220,17 +220,13 @@ def test_nnunet_folder_matches_acdc_reader(tmp_path, acdc_root):
     assert s1.extra["dataset_name"] == "toy"
 
 
-def test_dataset_json_label_names():
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "dataset.json"
-        p.write_text(json.dumps({"labels": {"0": "background", "1": "Left Ventricle", "2": "myocardium",
-                                            "3": "right_ventricle"}}))  # nnU-Net v1 style
-        assert label_map_from_dataset_json(p)[0] == {0: 0, 1: LV, 2: MYO, 3: RV}
-        p.write_text(json.dumps({"labels": {"background": 0, "RV blood pool": 1, "LV blood pool": 2, "MYO": 3}}))
-        assert label_map_from_dataset_json(p)[0] == {0: 0, 1: RV, 2: LV, 3: MYO}
+def test_dataset_json_label_names(tmp_path):
+    p = tmp_path / "dataset.json"
+    p.write_text(json.dumps({"labels": {"0": "background", "1": "Left Ventricle", "2": "myocardium",
+                                        "3": "right_ventricle"}}))  # nnU-Net v1 style
+    assert label_map_from_dataset_json(p)[0] == {0: 0, 1: LV, 2: MYO, 3: RV}
+    p.write_text(json.dumps({"labels": {"background": 0, "RV blood pool": 1, "LV blood pool": 2, "MYO": 3}}))
+    assert label_map_from_dataset_json(p)[0] == {0: 0, 1: RV, 2: LV, 3: MYO}
 
 
 def test_plain_nifti_folder_with_metadata(tmp_path):

@@ -4,7 +4,6 @@ slow brute-force references (all surface-point pairs, numpy)."""
 from __future__ import annotations
 
 import math
-import time
 import warnings
 
 import numpy as np
@@ -193,16 +192,13 @@ def test_bad_input_raises_clear_errors():
         assd(a, a, 1, (1.0, 1.0))
 
 
-def test_real_acdc_case_is_fast_and_sane(acdc_root):
+def test_real_acdc_case_is_sane(acdc_root):
     nib = pytest.importorskip("nibabel")
     img = nib.load(acdc_root / "patient001" / "patient001_frame01_gt.nii.gz")
     gt = map_labels(np.asarray(img.dataobj), DATASET_LABEL_MAPS["acdc"], "acdc")
     sp = tuple(float(s) for s in img.header.get_zooms()[:3])
     pred = np.roll(gt, 2, axis=0)  # two-voxel shift along x
-    t0 = time.perf_counter()
     r = evaluate_case(pred, gt, sp)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 3.0  # ~0.05 s unloaded; 280 cases must take seconds
     for name in ("LV", "MYO", "RV"):
         assert 0.3 < r[f"dice_{name}"] < 1.0
         assert r[f"hd95_{name}"] == pytest.approx(2 * sp[0], rel=0.05)  # sy, sz larger or shift-dominated

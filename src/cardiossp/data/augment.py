@@ -123,6 +123,7 @@ def _paper(patch_size: tuple[int, int]) -> list[BasicTransform]:
             p_synchronize_scaling_across_axes=1, mode_image="bicubic", mode_seg="nearest",
         ),
         MirrorTransform(allowed_axes=(0, 1)),
+        # batchgeneratorsv2 uses the sampled "noise_variance" as the standard deviation: std ~ U(0, 0.2)
         RandomTransform(GaussianNoiseTransform(noise_variance=(0, 0.2), p_per_channel=1,
                                                synchronize_channels=True), apply_probability=0.2),
         RandomTransform(GaussianBlurTransform(blur_sigma=(0.5, 1.5), synchronize_channels=True,
@@ -169,9 +170,16 @@ def _nnunet(patch_size: tuple[int, int]) -> list[BasicTransform]:
 _BUILDERS = {"paper": _paper, "nnunet": _nnunet, "none": lambda ps: [_crop_only(ps)]}
 
 
-def _check_patch(patch_size: Sequence[int]) -> tuple[int, int]:
-    ps = tuple(int(p) for p in patch_size)
-    if len(ps) != 2 or min(ps) < 1 or any(int(p) != p for p in patch_size):
+def _check_patch(patch_size: int | Sequence[int]) -> tuple[int, int]:
+    """``(ph, pw)`` from an int (square) or two positive integers."""
+    if isinstance(patch_size, (int, np.integer)):
+        patch_size = (patch_size, patch_size)
+    try:
+        ps = tuple(int(p) for p in patch_size)
+        ok = len(ps) == 2 and min(ps) >= 1 and all(int(p) == p for p in patch_size)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
         raise ConfigError(f"patch_size must be two positive integers (ph, pw), got {patch_size!r}")
     return ps
 
@@ -188,6 +196,16 @@ def _check_scales(scales: Sequence | None) -> list | None:
     if not out:
         raise ConfigError("deep_supervision_scales is empty; pass None for no deep supervision")
     return out
+
+
+def _as_tensor(x) -> torch.Tensor:
+    """A tensor view of ``x``; read-only arrays (memory maps) are viewed without torch's warning."""
+    if isinstance(x, torch.Tensor):
+        return x
+    arr = np.asarray(x)
+    if not arr.flags.writeable:
+        arr = np.array(arr)  # torch.from_numpy warns on read-only memory; the caller copies anyway
+    return torch.from_numpy(arr)
 
 
 class Augmenter:
@@ -209,14 +227,14 @@ class Augmenter:
         where = sample.get("path") if isinstance(sample, dict) else None
         if not isinstance(sample, dict) or sample.get("image") is None:
             raise DataError(where, "augmentation needs a dict with an 'image' entry")
-        image = torch.as_tensor(sample["image"])
+        image = _as_tensor(sample["image"])
         if image.ndim != 3 or image.is_complex():
             raise DataError(where, f"image must be a real (C, H, W) array, got {image.dtype} {tuple(image.shape)}")
         out = {k: v for k, v in sample.items() if v is not None}
         out["image"] = image.to(torch.float32, copy=True)  # the pipeline works in place
         seg = sample.get("segmentation")
         if seg is not None:
-            seg = torch.as_tensor(seg)
+            seg = _as_tensor(seg)
             if seg.is_floating_point() or seg.is_complex() or seg.dtype == torch.bool:
                 raise DataError(where, f"segmentation must hold integer labels, got dtype {seg.dtype}")
             if seg.ndim != 3 or seg.shape[1:] != image.shape[1:]:
@@ -230,7 +248,7 @@ class Augmenter:
         return res
 
 
-def build_transforms(preset: str, patch_size: Sequence[int],
+def build_transforms(preset: str, patch_size: int | Sequence[int],
                      deep_supervision_scales: Sequence | None = None) -> Augmenter:
     """Training transform of ``preset`` (see ``PRESETS``) producing (1, *patch_size) patches.
 
@@ -243,7 +261,7 @@ def build_transforms(preset: str, patch_size: Sequence[int],
     return Augmenter(preset, ps, _BUILDERS[preset](ps), _check_scales(deep_supervision_scales))
 
 
-def val_transforms(patch_size: Sequence[int], deep_supervision_scales: Sequence | None = None) -> Augmenter:
+def val_transforms(patch_size: int | Sequence[int], deep_supervision_scales: Sequence | None = None) -> Augmenter:
     """Validation transform: centre crop/pad to ``patch_size`` only (plus DS targets if asked)."""
     ps = _check_patch(patch_size)
     return Augmenter("val", ps, [_crop_only(ps)], _check_scales(deep_supervision_scales))

@@ -7,6 +7,7 @@ Layout of a cache folder::
     subjects.csv                one row per subject
     subjects/<key>/image.npy    (T, Z, S, S) float16, z-scored
     subjects/<key>/labels.npy   (L, Z, S, S) uint8 internal labels of the L labeled frames
+    subjects/<key>/native_labels.npy  (L, X, Y, Z) uint8 the same labels on the native grid
     subjects/<key>/meta.json    metadata, labeled frames, geometry for the inverse mapping
 
 A subject folder counts as done only once ``meta.json`` exists; arrays are written to a
@@ -89,6 +90,9 @@ def write_subject(out: Path, subject: Subject, reader: str, fingerprint: str, sp
     label_frames = sorted(pre.labels)
     labels = np.stack([pre.labels[t] for t in label_frames]) if label_frames else np.zeros((0, subject.n_slices, size, size), np.uint8)
     _save_npy_atomic(folder / "labels.npy", labels)
+    # Native-grid labels (L, X, Y, Z): metrics are computed against these, not the resampled ones.
+    native = np.stack([subject.labels[t] for t in label_frames]) if label_frames else np.zeros((0, *subject.image.shape[:3]), np.uint8)
+    _save_npy_atomic(folder / "native_labels.npy", native.astype(np.uint8))
     meta = {
         "key": key, "subject_id": subject.subject_id, "dataset": subject.dataset, "reader": reader,
         "vendor": subject.vendor, "centre": subject.centre, "pathology": subject.pathology, "view": subject.view,
@@ -97,6 +101,8 @@ def write_subject(out: Path, subject: Subject, reader: str, fingerprint: str, sp
         "frame_numbers": list(subject.frame_numbers or []), "label_frames": label_frames,
         "positions": pre.positions.tolist(), "geometry": pre.geometry.to_dict(),
         "extra": {k: v for k, v in subject.extra.items() if isinstance(v, (str, int, float, bool))},
+        # Partially contoured frames (Sunnybrook): only these slices count as labeled.
+        "labeled_slices": {str(t): [int(z) for z in zs] for t, zs in subject.extra.get("labeled_slices", {}).items()},
     }
     write_json_atomic(folder / "meta.json", meta)  # written last: marks the subject done
     return meta
@@ -105,6 +111,7 @@ def write_subject(out: Path, subject: Subject, reader: str, fingerprint: str, sp
 def manifest_rows(meta: dict) -> list[dict]:
     rows = []
     label_index = {t: i for i, t in enumerate(meta["label_frames"])}
+    partial = {int(t): set(zs) for t, zs in meta.get("labeled_slices", {}).items()}
     for t in range(meta["n_frames"]):
         phase = "ED" if t == meta["ed_frame"] else "ES" if t == meta["es_frame"] else "unlabeled"
         for z in range(meta["n_slices"]):
@@ -113,7 +120,8 @@ def manifest_rows(meta: dict) -> list[dict]:
                 "centre": meta["centre"], "pathology": meta["pathology"], "view": meta["view"], "frame": t,
                 "frame_number": meta["frame_numbers"][t] if meta["frame_numbers"] else t, "phase": phase,
                 "slice": z, "n_slices": meta["n_slices"], "position": meta["positions"][z],
-                "labeled": t in label_index, "label_index": label_index.get(t, -1),
+                "labeled": t in label_index and (t not in partial or z in partial[t]),
+                "label_index": label_index.get(t, -1),
             })
     return rows
 
@@ -173,7 +181,7 @@ def _meta_index(out: Path) -> dict[tuple[str, str], dict]:
             m = json.loads(meta_path.read_text())
         except json.JSONDecodeError:
             continue  # a broken record is recomputed
-        if (meta_path.parent / "image.npy").exists() and (meta_path.parent / "labels.npy").exists():
+        if all((meta_path.parent / f).exists() for f in ("image.npy", "labels.npy", "native_labels.npy")):
             metas[(m["reader"], m["fingerprint"])] = m
     return metas
 

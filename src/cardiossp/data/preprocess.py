@@ -146,7 +146,8 @@ def probs_to_native(probs: torch.Tensor | np.ndarray, geom: Geometry) -> np.ndar
     bg[0] = 1.0
     full = _uncrop(p, geom.offset, geom.resampled_shape, bg)
     native = _resize(full, geom.native_shape[:2])
-    return np.ascontiguousarray(native.argmax(1).permute(1, 2, 0).to(torch.uint8).numpy())
+    # max(1).indices == argmax(1) (first maximum on ties) but ~7x faster on CPU for dim 1
+    return np.ascontiguousarray(native.max(1).indices.permute(1, 2, 0).to(torch.uint8).numpy())
 
 
 def labels_to_native(labels_zss: np.ndarray, geom: Geometry) -> np.ndarray:

@@ -63,6 +63,11 @@ class SliceCache:
             )
         return self._maps[subject]
 
+    def native_labels(self, subject: str) -> dict[int, np.ndarray]:
+        """Labeled frame t -> (X, Y, Z) uint8 labels on the subject's native grid."""
+        arr = np.load(self.path / "subjects" / subject / "native_labels.npy", mmap_mode="r")
+        return {t: np.asarray(arr[i]) for i, t in enumerate(self.meta(subject)["label_frames"])}
+
     def image(self, subject: str, frame: int, z: int) -> np.ndarray:
         return np.asarray(self.arrays(subject)[0][frame, z], dtype=np.float32)
 

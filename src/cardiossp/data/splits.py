@@ -8,6 +8,7 @@ A split file::
     val: [...]
     test: [...]
     unlabeled: [...]                     # subjects without any label map (pretraining only)
+    other_views: [...]                   # long-axis subjects: not in short-axis train/val/test
     budgets: {5: [...], 10: [...]}       # labeled training subsets of N subjects (nested, stratified)
     subsets: {vendor_AB: [...], vendor_CD: [...]}   # named subsets of train
 
@@ -62,14 +63,19 @@ def make_split(
     vendor_groups: dict[str, list[str]] | None = None,
 ) -> dict:
     """Split the subjects table of a cache (``SliceCache.subjects``) into train / val / test."""
-    labeled = subjects[subjects["labeled_frames"] > 0].reset_index(drop=True)
-    unlabeled = subjects[subjects["labeled_frames"] == 0]["subject"].tolist()
+    views = subjects["view"].fillna("SA") if "view" in subjects else pd.Series("SA", index=subjects.index)
+    short_axis = (views == "SA").to_numpy()
+    labeled = subjects[short_axis & (subjects["labeled_frames"] > 0).to_numpy()].reset_index(drop=True)
+    unlabeled = subjects[short_axis & (subjects["labeled_frames"] == 0).to_numpy()]["subject"].tolist()
+    other_views = subjects[~short_axis]["subject"].tolist()
     n = len(labeled)
     n_test = int(round(test * n)) if isinstance(test, float) and test < 1 else int(test)
     n_val = int(round(val * n)) if isinstance(val, float) and val < 1 else int(val)
     if n_test + n_val >= n:
         raise ConfigError(f"{n} labeled subjects cannot give {n_val} val + {n_test} test and leave any for training")
     rng = np.random.default_rng(seed)
+    if stratify == "auto":
+        stratify = "vendor" if labeled["vendor"].nunique() > 1 else "pathology"
     strata = _strata(labeled, stratify)
     order = stratified_order(labeled["subject"].tolist(), strata.tolist(), rng)
     test_ids, val_ids, train_ids = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
@@ -82,6 +88,7 @@ def make_split(
         "val": sorted(val_ids),
         "test": sorted(test_ids),
         "unlabeled": sorted(unlabeled),
+        "other_views": sorted(other_views),  # long-axis etc.: kept out of short-axis training and testing
         "budgets": {},
         "subsets": {},
     }
@@ -116,6 +123,7 @@ def load_split(path: str | Path) -> dict:
     if missing:
         raise DataError(path, f"split file lacks {missing}")
     split.setdefault("unlabeled", [])
+    split.setdefault("other_views", [])
     split.setdefault("budgets", {})
     split.setdefault("subsets", {})
     split["budgets"] = {int(k): v for k, v in split["budgets"].items()}

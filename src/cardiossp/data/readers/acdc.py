@@ -94,9 +94,9 @@ class ACDCReader(Reader):
             ed_frame=t_of[ed],
             es_frame=t_of[es],
             frame_numbers=frame_numbers,
-            vendor="Siemens",
+            vendor="A",  # M&Ms vendor letters everywhere: A Siemens, B Philips, C GE, D Canon
             centre="Dijon",
             pathology=info.get("Group"),
             source=str(folder),
-            extra={k: info[k] for k in ("Height", "Weight", "NbFrame") if k in info},
+            extra={"vendor_name": "Siemens", **{k: info[k] for k in ("Height", "Weight", "NbFrame") if k in info}},
         )

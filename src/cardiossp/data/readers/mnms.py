@@ -175,7 +175,7 @@ class MnMsReader(Reader):
             frame_numbers = [ed_csv, es_csv] if known else [0, 1]
 
         letter = vendor_letter(row.get("vendor"))
-        extra = {k: v for k, v in row.items() if k not in {"external code", "subjectid", "vendor", "centre",
+        extra = {k: v for k, v in row.items() if k not in {"external code", "subjectid", "vendor", "vendorname", "centre",
                                                              "center", "ed", "es", "pathology"} and v is not None
                  and not k.startswith("unnamed")}
         extra["vendor_name"] = row.get("vendorname") or VENDOR_NAMES.get(letter or "")
@@ -207,7 +207,7 @@ class MnMsReader(Reader):
         n_t = image.shape[3]
         for what, t in (("ED", ed), ("ES", es)):
             if t is not None and t >= n_t:
-                raise DataError(csv_path, f"{what} of {sid} is frame {t}, but {cine.name} has {n_t} frames")
+                raise DataError(csv_path, f"{what} of {sid} is frame {t} (0-based), but {cine.name} has {n_t} frames")
         gt = folder / f"{sid}_sa_gt.nii.gz"
         if not gt.is_file():
             return image, affine, zooms, {}, ed, es

@@ -13,8 +13,10 @@
 Geometry: a 3D file is one frame (T=1); a 4D file (x, y, slice, time) keeps all frames. A 4D label
 file with the image's frame count labels every frame that has a nonzero voxel; a 3D label file
 belongs to a 3D image (frame 0). An optional ``metadata.csv`` in root, columns
-``subject,vendor,centre,pathology,ed_frame,es_frame`` (0-based frame indices; more columns go to
-``extra``), fills metadata in both layouts.
+``subject,vendor,centre,pathology,ed_frame,es_frame`` (0-based frame indices; optional ``dataset``
+and ``view``; more columns go to ``extra``), fills metadata in both layouts; ``subject`` is the file
+name without extension (or nnU-Net case name). Without ED/ES there, a 4D label map with exactly two
+labeled frames gives ED = the frame with the larger LV volume.
 """
 
 from __future__ import annotations
@@ -139,19 +141,21 @@ class NiftiFolderReader(Reader):
             image = to_4d(image)
             extra["layout"] = "plain"
 
-        csv_path, row = self._metadata(root).get(case, (None, {}))
+        meta_rows = self._metadata(root)
+        csv_path, row = meta_rows.get(subject_id) or meta_rows.get(case) or (None, {})
         ed = csv_int(row.get("ed_frame"), csv_path, f"ed_frame of {case}") if row else None
         es = csv_int(row.get("es_frame"), csv_path, f"es_frame of {case}") if row else None
         for what, t in (("ed_frame", ed), ("es_frame", es)):
             if t is not None and t >= image.shape[3]:
-                raise DataError(csv_path, f"{what} of {case} is {t}, but {image_path.name} has {image.shape[3]} frames")
+                raise DataError(csv_path, f"{what} of {case} is {t} (0-based), but {image_path.name} has "
+                                          f"{image.shape[3]} frames")
         if ed is None and es is None and image.shape[3] > 1:
             ed, es = ed_es_by_lv_volume(labels)
         extra.update({k: v for k, v in row.items() if v is not None and k not in
-                      {"subject", "vendor", "centre", "center", "pathology", "ed_frame", "es_frame"}})
+                      {"subject", "dataset", "vendor", "centre", "center", "pathology", "ed_frame", "es_frame", "view"}})
         return Subject(
             subject_id=case,
-            dataset="nifti",
+            dataset=row.get("dataset") or "nifti",
             image=image,
             spacing=tuple(zooms[:3]),
             affine=affine,

@@ -55,7 +55,11 @@ def subject_name(index: int) -> str:
 
 
 def _affine(rng: np.random.Generator, shape: tuple[int, int, int], spacing) -> np.ndarray:
-    """Oblique short-axis voxel->RAS affine; slice axis points base->apex ~(-1, +1, -1) (left-anterior-inferior)."""
+    """Oblique short-axis voxel->RAS affine; slice axis points base->apex ~(-1, +1, -1) (left-anterior-inferior).
+
+    Columns are the voxel axes in mm (norms = spacing), right-handed; the in-plane axis i points roughly
+    left-posterior, so the RV drawn toward -i (theta ~ pi) lies right-anterior of the LV, as in a real heart.
+    """
     k = np.array([-1.0, 1.0, -1.0]) / np.sqrt(3.0) + rng.normal(0.0, 0.08, 3)
     k /= np.linalg.norm(k)
     i0 = np.cross([0.0, 0.0, 1.0], k)
@@ -72,18 +76,23 @@ def _affine(rng: np.random.Generator, shape: tuple[int, int, int], spacing) -> n
 
 def _largest_per_plane(mask: np.ndarray) -> np.ndarray:
     """Keep the largest 4-connected component of each (z, t) plane of an (X, Y, Z, T) mask (drops pixel slivers)."""
-    structure = np.zeros((3, 3, 3, 3), dtype=bool)
-    structure[:, :, 1, 1] = ndimage.generate_binary_structure(2, 1)
-    ids, n = ndimage.label(mask, structure=structure)
-    if n == 0:
+    xs, ys = np.flatnonzero(mask.any(axis=(1, 2, 3))), np.flatnonzero(mask.any(axis=(0, 2, 3)))
+    if xs.size == 0:
         return mask
+    box = (slice(xs[0], xs[-1] + 1), slice(ys[0], ys[-1] + 1))
+    sub = mask[box].reshape(xs[-1] - xs[0] + 1, ys[-1] - ys[0] + 1, -1)  # (x, y, plane)
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[:, :, 1] = ndimage.generate_binary_structure(2, 1)  # no links between planes
+    ids, n = ndimage.label(sub, structure=structure)
     sizes = np.bincount(ids.ravel())[1:]
-    plane = np.array([o[2].start * mask.shape[3] + o[3].start for o in ndimage.find_objects(ids)])
+    plane = np.array([o[2].start for o in ndimage.find_objects(ids)])
     order = np.lexsort((sizes, plane))  # by plane, then size: the last of each plane is its largest
     last = np.r_[plane[order][1:] != plane[order][:-1], True]
     keep = np.zeros(n + 1, dtype=bool)
     keep[order[last] + 1] = True
-    return keep[ids]
+    out = np.zeros_like(mask)
+    out[box] = keep[ids].reshape(mask[box].shape)
+    return out
 
 
 def make_phantom_subject(
@@ -136,8 +145,9 @@ def make_phantom_subject(
                  0.5 * (1 + np.cos(np.pi * (t - es) / (n_frames - es))))[None, None, None, :]
     x = ((np.arange(size) + 0.5) * sx)[:, None, None, None]
     y = ((np.arange(size) + 0.5) * sy)[None, :, None, None]
-    dx, dy = x - (centre[0] + tilt[0] * s), y - (centre[1] + tilt[1] * s)
-    dist2 = (dx**2 + dy**2).astype(f32)
+    dx = (x - (centre[0] + tilt[0] * s)).astype(f32)  # (X, 1, Z, 1)
+    dy = (y - (centre[1] + tilt[1] * s)).astype(f32)  # (1, Y, Z, 1)
+    dist2 = dx**2 + dy**2
     r_lv_ed = r_lv0 * np.sqrt(1.0 - (s / 1.15) ** 2)
     r_out_ed = r_lv_ed + wall0 * (1.0 - 0.25 * s)
     r_lv = r_lv_ed * (1.0 - k_lv * c)
@@ -146,9 +156,9 @@ def make_phantom_subject(
     # RV: ellipse along theta minus the epicardial disc; semi-axes rv_a, rv_b (x r_out * rv_size), reaching
     # rv_h * r_out * rv_size beyond the epicardium; it follows the septum as the LV contracts
     r_out = np.sqrt(r_out2)
-    du = dx * np.cos(theta) + dy * np.sin(theta) - r_out * (1.0 + (rv_h - rv_a) * rv_size)
-    dw = -dx * np.sin(theta) + dy * np.cos(theta)
-    q = ((du * (rv_b / rv_a)) ** 2 + dw**2).astype(f32)
+    du = (dx * f32(np.cos(theta)) + dy * f32(np.sin(theta))) - (r_out * (1.0 + (rv_h - rv_a) * rv_size)).astype(f32)
+    dw = dy * f32(np.cos(theta)) - dx * f32(np.sin(theta))
+    q = du * du * f32((rv_b / rv_a) ** 2) + dw * dw
     epi = dist2 < r_out2.astype(f32)
     label = np.where(epi, np.uint8(MYO), np.uint8(0))
     label[dist2 < (r_lv**2).astype(f32)] = LV
@@ -161,7 +171,8 @@ def make_phantom_subject(
     bx = xy[0] * np.cos(body_rot) + xy[1] * np.sin(body_rot)
     by = -xy[0] * np.sin(body_rot) + xy[1] * np.cos(body_rot)
     body = ((bx / (fov * rng.uniform(0.44, 0.52))) ** 2 + (by / (fov * rng.uniform(0.36, 0.44))) ** 2) < 1.0
-    texture = gaussian_filter(rng.standard_normal((size, size, n_slices)), sigma=(3.0, 3.0, 0.5))
+    texture = rng.standard_normal((size, size, n_slices), dtype=f32)
+    texture = gaussian_filter(texture, sigma=(3.0, 3.0, 0.5), truncate=2.5)
     background = np.where(body[:, :, None], 0.35 + texture * (0.06 / (texture.std() + 1e-8)), 0.02)  # (X, Y, Z)
     zz = ((np.arange(n_slices) + 0.5) * sz)[None, None, :]
     r_heart = r_lv0 + wall0
@@ -175,28 +186,34 @@ def make_phantom_subject(
             if np.hypot(*d) > r_heart + 1.5 * sig and np.hypot(bu, bw) > 1 + 1.5 * sig / (rv_a * r_heart):
                 break
         bz = rng.uniform(0, n_slices * sz)
-        g = np.exp(-(((x[..., 0] - bc[0]) ** 2 + (y[..., 0] - bc[1]) ** 2) / (2 * sig**2)
-                     + (zz - bz) ** 2 / (2 * (3 * sig) ** 2)))
+        g = (np.exp(-((x[..., 0] - bc[0]) ** 2) / (2 * sig**2)) * np.exp(-((y[..., 0] - bc[1]) ** 2) / (2 * sig**2))
+             * np.exp(-((zz - bz) ** 2) / (2 * (3 * sig) ** 2)))  # separable Gaussian, (X, Y, Z)
         background += rng.choice([-0.3, 0.45, 0.65]) * g * body[:, :, None]
-    lut = np.array([0.0, 0.9, 0.22, 0.85], dtype=f32)  # bg (replaced), LV, MYO, RV blood/muscle levels
-    img = np.where(label == 0, np.clip(background, 0.0, None).astype(f32)[..., None], lut[label])
+    # vendor gamma acts on the clean levels (before the blur: cheaper, and the same up to partial-volume edges)
+    gamma = v["gamma"]
+    lut = np.array([0.0, 0.9, 0.22, 0.85], dtype=f32) ** f32(gamma)  # bg (replaced), LV, MYO, RV levels
+    background = (np.clip(background, 0.0, None) ** gamma).astype(f32)
+    img = np.where(label == 0, background[..., None], lut[label])
     img = gaussian_filter(img, sigma=(0.7, 0.7, 0.0, 0.0))  # partial volume
 
-    # ---- vendor: smooth multiplicative bias field, gamma, Rician or Gaussian noise, scale ----
+    # ---- vendor: smooth multiplicative bias field, intensity scale, Rician or Gaussian noise ----
     gx, gy = xy / fov
     gz = np.linspace(-0.5, 0.5, n_slices)[None, None, :]
     coef = rng.normal(0.0, 1.0, 6)
-    logb = (coef[0] * gx + coef[1] * gy + coef[2] * gx * gy + coef[3] * gx**2 + coef[4] * gy**2)[..., None] + coef[5] * gz
-    bias = np.exp(v["bias"] * logb / (np.abs(logb).max() + 1e-8)).astype(f32)
-    img *= bias[..., None]
-    if v["gamma"] != 1.0:
-        img **= f32(v["gamma"])
-    img += rng.standard_normal(img.shape, dtype=f32) * f32(v["noise"])
+    logb = (coef[0] * gx + coef[1] * gy + coef[2] * gx * gy + coef[3] * gx**2 + coef[4] * gy**2)[..., None]
+    logb = logb + coef[5] * gz
+    gain = np.exp(gamma * v["bias"] * logb / (np.abs(logb).max() + 1e-8)) * v["scale"]  # (X, Y, Z)
+    img *= gain.astype(f32)[..., None]
+    sd = f32(v["noise"] * v["scale"])
+    noise = rng.standard_normal(img.shape, dtype=f32)
+    noise *= sd
+    img += noise
     if v["rician"]:  # magnitude of a complex signal with Gaussian noise in both channels
-        img = np.hypot(img, rng.standard_normal(img.shape, dtype=f32) * f32(v["noise"]))
+        noise = rng.standard_normal(img.shape, dtype=f32)
+        noise *= sd
+        image = np.hypot(img, noise, out=img)
     else:
-        np.clip(img, 0.0, None, out=img)
-    image = img * f32(v["scale"])
+        image = np.clip(img, 0.0, None, out=img)
 
     labels = {0: label[..., 0].copy(), es: label[..., es].copy()} if labeled else {}
     return Subject(
@@ -208,16 +225,11 @@ def make_phantom_subject(
     )
 
 
-def read_phantom_config(root: Path) -> dict:
-    """``root/phantom.json`` merged over ``DEFAULTS``; a bad file raises ``DataError`` naming it."""
-    cfg = dict(DEFAULTS)
-    path = Path(root) / "phantom.json"
-    if not path.is_file():
-        return cfg
-    try:
-        given = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise DataError(path, f"cannot read phantom config JSON: {e}") from None
+def check_phantom_config(given: dict, path: Path | None = None) -> dict:
+    """Validate a phantom config (keys of ``DEFAULTS`` and ``spacing``) -> merged over ``DEFAULTS``.
+
+    Raises ``DataError`` naming ``path`` (the phantom.json) and the problem.
+    """
     if not isinstance(given, dict):
         raise DataError(path, "phantom config must be a JSON object")
     unknown = sorted(set(given) - set(_INT_KEYS) - {"spacing"})
@@ -228,12 +240,27 @@ def read_phantom_config(root: Path) -> dict:
             raise DataError(path, f"{key!r} must be a non-negative integer, got {given[key]!r}")
     if "spacing" in given:
         sp = given["spacing"]
-        if not (isinstance(sp, list) and len(sp) == 3 and all(isinstance(a, (int, float)) and a > 0 for a in sp)):
+        if not (isinstance(sp, (list, tuple)) and len(sp) == 3
+                and all(isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0 for a in sp)):
             raise DataError(path, f"'spacing' must be 3 positive numbers, got {sp!r}")
-    cfg.update(given)
-    if cfg["n_unlabeled"] > cfg["n_subjects"] or cfg["n_subjects"] < 1:
-        raise DataError(path, f"need 1 <= n_subjects and n_unlabeled <= n_subjects, got {cfg}")
+    cfg = {**DEFAULTS, **given}
+    if not 1 <= cfg["n_subjects"] or cfg["n_unlabeled"] > cfg["n_subjects"]:
+        raise DataError(path, f"need n_subjects >= 1 and n_unlabeled <= n_subjects, got {cfg}")
+    if cfg["size"] < 32 or cfg["n_slices"] < 2 or cfg["n_frames"] < 2:
+        raise DataError(path, f"need size >= 32, n_slices >= 2, n_frames >= 2, got {cfg}")
     return cfg
+
+
+def read_phantom_config(root: Path) -> dict:
+    """``root/phantom.json`` merged over ``DEFAULTS`` (``DEFAULTS`` if absent); a bad file raises ``DataError``."""
+    path = Path(root) / "phantom.json"
+    if not path.is_file():
+        return dict(DEFAULTS)
+    try:
+        given = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(path, f"cannot read phantom config JSON: {e}") from None
+    return check_phantom_config(given, path)
 
 
 def _subject_kwargs(cfg: dict) -> dict:
@@ -323,14 +350,14 @@ def write_phantom_dataset(out: str | Path, n_subjects: int = 12, n_unlabeled: in
 
 
 def write_phantom_config(out: str | Path, **kw) -> Path:
-    """Write ``out/phantom.json`` (keys of ``DEFAULTS`` and ``spacing``) for the ``phantom`` reader; returns ``out``."""
-    unknown = sorted(set(kw) - set(_INT_KEYS) - {"spacing"})
-    if unknown:
-        raise ValueError(f"unknown phantom config keys {unknown}; known: {sorted(_INT_KEYS + ('spacing',))}")
+    """Write ``out/phantom.json`` (keys of ``DEFAULTS`` and ``spacing``) for the ``phantom`` reader; returns ``out``.
+
+    A bad value raises ``DataError`` before anything is written.
+    """
     if "spacing" in kw:
         kw["spacing"] = [float(a) for a in kw["spacing"]]
     out = Path(out)
+    cfg = check_phantom_config(kw, out / "phantom.json")
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(out / "phantom.json", json.dumps({**DEFAULTS, **kw}, indent=2).encode())
-    read_phantom_config(out)  # validate what was written
+    _atomic_write_bytes(out / "phantom.json", json.dumps(cfg, indent=2).encode())
     return out

@@ -15,7 +15,8 @@ Labels (internal convention 0 bg, 1 LV, 2 MYO; **no RV**): LV inside the i-conto
 the o-contour minus the i-contour (only where both exist). Contours are rasterised with
 ``skimage.draw.polygon`` (pixel centres inside the polygon). Labels are **partial**: only
 contoured slices carry labels, the others are zero; ``extra["labeled_slices"]`` (t -> slices with
-an i-contour) and ``extra["myo_slices"]`` (t -> slices with both contours) say which. Of the
+an i-contour) and ``extra["myo_slices"]`` (t -> slices with both contours) say which;
+``extra["file_numbers"][z][t]`` is the DICOM file number of each 2D image. Of the
 labeled phases, the one with the larger LV volume (over slices contoured in every labeled phase)
 is ED, the smallest ES.
 """

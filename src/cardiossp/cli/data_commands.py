@@ -1,37 +1,15 @@
-"""Command-line interface: every command parses its options and makes one call into the Python API."""
+"""Data commands: prepare, info, split."""
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from .errors import CardiosspError
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
-                  help="Self-supervised pretraining and few-label fine-tuning for cardiac cine MR segmentation.\n\n"
-                       "Labels everywhere: 0 background, 1 LV, 2 MYO, 3 RV.")
-console = Console(stderr=True)
-
-
-def _fail(e: Exception) -> None:
-    console.print(f"[bold red]error:[/] {e}")
-    raise typer.Exit(code=2)
-
-
-def print_table(df, title: str = "") -> None:
-    table = Table(title=title or None)
-    for c in df.columns:
-        table.add_column(str(c))
-    for row in df.itertuples(index=False):
-        table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
-
+from ..errors import CardiosspError
+from .common import app, console, fail as _fail, print_table
 
 @app.command()
 def prepare(
@@ -44,7 +22,7 @@ def prepare(
     """Preprocess datasets into a slice cache (resample, crop/pad, z-score, float16, manifest)."""
     from rich.progress import Progress
 
-    from .data.cache import prepare as run
+    from ..data.cache import prepare as run
 
     if len(reader) != len(data):
         _fail(CardiosspError(f"give one --reader per --data (got {len(reader)} readers, {len(data)} folders)"))
@@ -59,7 +37,7 @@ def prepare(
             run(zip(reader, data), out, spacing=spacing, size=size, progress=progress)
     except CardiosspError as e:
         _fail(e)
-    from .data.info import cache_subject_table, summarize
+    from ..data.info import cache_subject_table, summarize
 
     print_table(summarize(cache_subject_table(out)), title=f"cache {out}")
     console.print(f"prepared {out} in {time.time() - t0:.1f} s")
@@ -72,7 +50,7 @@ def info(
     subjects: bool = typer.Option(False, "--subjects", help="also list every subject"),
 ) -> None:
     """Table of a dataset or cache: subjects, labeled frames, frames, slices, vendors, spacings."""
-    from .data.info import cache_subject_table, raw_subject_table, summarize
+    from ..data.info import cache_subject_table, raw_subject_table, summarize
 
     try:
         table = raw_subject_table(reader, path) if reader else cache_subject_table(path)
@@ -95,8 +73,8 @@ def split(
     vendor_groups: str = typer.Option("", help="named vendor groups, e.g. AB=A+B,CD=C+D"),
 ) -> None:
     """Subject-level train/val/test split with nested label budgets and vendor subsets."""
-    from .data.slices import SliceCache
-    from .data.splits import make_split, save_split
+    from ..data.slices import SliceCache
+    from ..data.splits import make_split, save_split
 
     try:
         groups = {}
@@ -112,7 +90,3 @@ def split(
         _fail(e)
     console.print(f"wrote {out}: train {len(s['train'])}, val {len(s['val'])}, test {len(s['test'])}, "
                   f"unlabeled {len(s['unlabeled'])}, budgets {sorted(s['budgets'])}")
-
-
-def main() -> None:  # pragma: no cover
-    app()

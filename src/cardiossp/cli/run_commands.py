@@ -1,0 +1,169 @@
+"""Run commands: train / finetune, pretrain, evaluate, predict, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import CardiosspError
+from .common import app, console, fail, print_table
+
+OVERRIDE_HELP = "override a config value, e.g. --set optim.lr=0.02 (repeatable)"
+
+
+@app.command()
+def train(
+    cache: Path = typer.Option(..., help="cache folder (cardiossp prepare)"),
+    split: Path = typer.Option(..., help="split file (cardiossp split)"),
+    out: Path = typer.Option(..., help="run folder to create"),
+    preset: str = typer.Option("cpu", help="paper | cpu | tiny, or a YAML file"),
+    labeled_subjects: Optional[int] = typer.Option(None, help="label budget: N training subjects (a split budget)"),
+    subset: Optional[str] = typer.Option(None, help="named subset of the split, e.g. vendor_AB"),
+    phases: Optional[str] = typer.Option(None, help="labeled phases to train on: ED, ES or ED,ES"),
+    seed: int = typer.Option(0),
+    init: Optional[Path] = typer.Option(None, help="pretraining run (or pretrained.pt) to fine-tune from"),
+    strategy: str = typer.Option("all", help="fine-tuning: all | frozen-encoder | warmup-frozen"),
+    warmup_frozen_epochs: int = typer.Option(0, help="epochs with a frozen encoder for warmup-frozen"),
+    resume: bool = typer.Option(False, help="continue an interrupted run from its last checkpoint"),
+    devices: str = typer.Option("auto", help="devices per node (2+ runs DDP)"),
+    logger: list[str] = typer.Option([], help="extra loggers: tensorboard, wandb, mlflow"),
+    set_: list[str] = typer.Option([], "--set", help=OVERRIDE_HELP),
+) -> None:
+    """Train a segmentation network from scratch, or fine-tune it from a pretraining run (--init)."""
+    from ..config import TrainConfig, load_config
+    from ..train.fit import train_segmentation
+
+    over = {"seed": seed, "labeled_subjects": labeled_subjects, "subset": subset, "devices": _devices(devices),
+            "finetune.strategy": strategy, "finetune.warmup_frozen_epochs": warmup_frozen_epochs}
+    if init is not None:
+        over["finetune.init"] = str(init)
+    if phases:
+        over["data.phases"] = [p.strip() for p in phases.split(",")]
+    try:
+        cfg = load_config(TrainConfig, "train", preset, {**over, **_parse(set_)})
+        train_segmentation(cfg, cache, split, out, resume=resume, loggers=tuple(logger))
+    except CardiosspError as e:
+        fail(e)
+    console.print(f"run finished: {out}")
+
+
+app.command("finetune", help="Alias of train: fine-tune from a pretraining run (give --init).")(train)
+
+
+@app.command()
+def pretrain(
+    method: str = typer.Option(..., help="simclr | pcl | dino | mim"),
+    cache: Path = typer.Option(..., help="cache folder"),
+    out: Path = typer.Option(..., help="run folder to create"),
+    split: Optional[Path] = typer.Option(None, help="split file: pretrain on train + unlabeled subjects only"),
+    preset: str = typer.Option("cpu", help="paper | cpu | tiny, or a YAML file"),
+    seed: int = typer.Option(0),
+    resume: bool = typer.Option(False),
+    devices: str = typer.Option("auto"),
+    logger: list[str] = typer.Option([], help="extra loggers: tensorboard, wandb, mlflow"),
+    set_: list[str] = typer.Option([], "--set", help=OVERRIDE_HELP),
+) -> None:
+    """Self-supervised pretraining on every frame of unlabeled slices (labels are never read)."""
+    from ..config import PretrainConfig, load_config
+    from ..train.pretrain import pretrain as run
+
+    try:
+        cfg = load_config(PretrainConfig, "pretrain", preset,
+                          {"method": method, "seed": seed, "devices": _devices(devices), **_parse(set_)})
+        run(cfg, cache, out, split=split, resume=resume, loggers=tuple(logger))
+    except CardiosspError as e:
+        fail(e)
+    console.print(f"pretrained weights: {out / 'pretrained.pt'}")
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Option(..., help="training run folder"),
+    split: Optional[Path] = typer.Option(None, help="split file (default: the run's)"),
+    subset: str = typer.Option("test", help="test | val | train"),
+    tta: bool = typer.Option(False, help="mirror test-time augmentation"),
+) -> None:
+    """3D Dice, HD95, ASSD, MCD per class and phase in native geometry, plus clinical indices."""
+    from ..evaluate.run import evaluate_run
+
+    try:
+        summary = evaluate_run(run, split=split, subset=subset, tta=tta)
+    except CardiosspError as e:
+        fail(e)
+    import pandas as pd
+
+    rows = [{"metric": k, **(v if isinstance(v, dict) else {"value": v})}
+            for k, v in summary.get("overall", summary).items()]
+    print_table(pd.DataFrame(rows), title=f"{run} ({subset})")
+
+
+@app.command()
+def predict(
+    inputs: list[Path] = typer.Argument(..., help="NIfTI files (3D or 4D), folders of them, or DICOM series folders"),
+    model: Path = typer.Option(..., help="training run folder or checkpoint"),
+    out: Path = typer.Option(..., help="output folder for <name>_seg.nii.gz"),
+    tta: bool = typer.Option(False, help="mirror test-time augmentation"),
+    largest_component: bool = typer.Option(False, help="keep the largest connected component per class"),
+) -> None:
+    """Segment new images; outputs keep each input's shape and affine (labels 1 LV, 2 MYO, 3 RV)."""
+    from ..inference import Segmenter, predict_files
+
+    try:
+        seg = Segmenter.from_checkpoint(model, tta=tta)
+        written = predict_files(seg, inputs, out, tta=tta, largest_component=largest_component)
+    except CardiosspError as e:
+        fail(e)
+    console.print(f"wrote {len(written)} segmentations to {out}")
+
+
+@app.command()
+def export(
+    run: Path = typer.Option(..., help="training or pretraining run folder"),
+    out: Path = typer.Option(..., help="file to write (.pth)"),
+    format: str = typer.Option("nnunet", help="nnunet: weights for nnU-Net v2's PlainConvUNet"),
+) -> None:
+    """Export weights that nnU-Net v2 loads (everything but the segmentation layers)."""
+    from ..train.export import export_nnunet
+
+    if format != "nnunet":
+        fail(CardiosspError(f"unknown export format {format!r}; only 'nnunet'"))
+    try:
+        n = export_nnunet(run, out)
+    except CardiosspError as e:
+        fail(e)
+    console.print(f"wrote {n} tensors to {out}")
+
+
+def _devices(devices: str):
+    return int(devices) if devices.isdigit() else devices
+
+
+def _parse(items: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            fail(CardiosspError(f"--set {item!r} is not key=value"))
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("cardiossp-demo"), help="folder for everything the demo makes"),
+    data: Optional[Path] = typer.Option(None, help="your dataset folder (default: the built-in phantom)"),
+    reader: str = typer.Option("phantom", help="reader for --data (acdc, mnms, mnms2, nifti, ...)"),
+) -> None:
+    """The whole pipeline on the built-in phantom: prepare, pretrain MIM, train and fine-tune, evaluate, table."""
+    from ..demo import run_demo
+
+    try:
+        table = run_demo(out, data=data, reader=reader if data else "phantom", say=console.print)
+    except CardiosspError as e:
+        fail(e)
+    print_table(table, title="test-set 3D Dice (mean over subjects and ED/ES)")

@@ -1,0 +1,429 @@
+"""Inference: load a segmentation checkpoint safely and predict label maps in native geometry.
+
+``Segmenter`` wraps a trained 2D network (nnU-Net's PlainConvUNet, Isensee et al. 2021) with
+the preprocessing of de Mooij et al. 2024 and its inverse:
+
+    image (X, Y, Z[, T]) -> z-score over the whole input -> in-plane resample to the training
+    cache's grid (``spacing`` mm, ``size`` px, crop/pad) -> (T*Z, 1, S, S) slices -> network
+    (whole S x S slice, fully convolutional) -> softmax of the full-resolution output
+    [-> mean over mirror flips of both in-plane axes, nnU-Net's test-time augmentation]
+    -> back to the native grid -> arg-max -> labels (X, Y, Z[, T]) uint8
+    [-> keep the largest 3D connected component per class].
+
+Labels use the internal convention 0 background, 1 LV, 2 MYO, 3 RV.
+``predict_files``: NIfTI (3D/4D) files or folders, or DICOM cine folders in -> label NIfTI out,
+with the input's shape, affine and header.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from scipy import ndimage
+from torch import nn
+
+from .config import TrainConfig, from_dict
+from .data.labels import NUM_CLASSES
+from .data.preprocess import Geometry, _resize, _uncrop, image_to_slices, make_geometry, probs_to_native, zscore
+from .errors import CheckpointError, ConfigError, DataError
+
+DEFAULT_SPACING, DEFAULT_SIZE = 1.25, 256
+
+
+# ---------------------------------------------------------------- checkpoints and run folders
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A ``.ckpt`` file, or a run folder -> its ``checkpoints/best.ckpt`` (else ``last.ckpt``)."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.ckpt", "last.ckpt"):
+            if (p / "checkpoints" / name).is_file():
+                return p / "checkpoints" / name
+        raise CheckpointError(f"{p}: no checkpoints/best.ckpt or checkpoints/last.ckpt (not a finished training run?)")
+    if not p.is_file():
+        raise CheckpointError(f"{p}: checkpoint not found")
+    return p
+
+
+def run_folder(path: str | Path) -> Path | None:
+    """The run folder a checkpoint belongs to (``RUN`` for ``RUN/checkpoints/x.ckpt``), if it has a config.yaml."""
+    p = Path(path)
+    folder = p if p.is_dir() else (p.parent.parent if p.parent.name == "checkpoints" else p.parent)
+    return folder if (folder / "config.yaml").is_file() else None
+
+
+def read_run_config(run: str | Path) -> dict:
+    """``RUN/config.yaml`` as a dict (keys config, cache, split, ...)."""
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; is {run} a training run folder?")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping")
+    return doc
+
+
+def cache_grid(cache: str | Path) -> tuple[float, int] | None:
+    """(spacing mm, size px) from ``cache/cache.json``; None if unavailable."""
+    import json
+
+    try:
+        info = json.loads((Path(cache) / "cache.json").read_text())
+        return float(info["spacing"]), int(info["size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _build(cfg: TrainConfig) -> nn.Module:
+    from .train.segmentation import build_segmentation_model
+
+    return build_segmentation_model(cfg)
+
+
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Raise ``CheckpointError`` listing missing, unexpected and shape-mismatched keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or mismatched:
+        def show(name, items):
+            return f"{len(items)} {name} ({', '.join(items[:6])}{' ...' if len(items) > 6 else ''})" if items else ""
+
+        parts = [s for s in (show("missing keys", missing), show("unexpected keys", unexpected),
+                             show("shape mismatches", mismatched)) if s]
+        raise CheckpointError(f"{where}: weights do not fit the architecture in its config: {'; '.join(parts)}")
+
+
+def _load(path: str | Path) -> tuple[TrainConfig, dict[str, torch.Tensor], nn.Module, Path]:
+    ckpt = resolve_checkpoint(path)
+    try:
+        obj = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as e:  # any failure to unpickle means: unreadable or unsafe file
+        raise CheckpointError(f"{ckpt}: cannot read checkpoint (truncated, not a torch file, or not loadable "
+                              f"with weights_only=True): {type(e).__name__}: {e}") from None
+    hp = obj.get("hyper_parameters") if isinstance(obj, dict) else None
+    state = obj.get("state_dict") if isinstance(obj, dict) else None
+    if not isinstance(hp, dict) or not isinstance(hp.get("cfg"), dict) or not isinstance(state, dict):
+        raise CheckpointError(f"{ckpt}: not a cardiossp segmentation checkpoint (needs hyper_parameters.cfg "
+                              f"and state_dict; pretraining checkpoints must be fine-tuned first)")
+    try:
+        cfg = from_dict(TrainConfig, hp["cfg"], f"{ckpt}:cfg")
+        model = _build(cfg)
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{ckpt}: its config cannot build a model: {e}") from None
+    weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    if not weights:
+        raise CheckpointError(f"{ckpt}: state_dict holds no 'model.*' weights: not a cardiossp segmentation checkpoint")
+    check_state_dict(model, weights, str(ckpt))
+    model.load_state_dict(weights)
+    return cfg, weights, model, ckpt
+
+
+def load_checkpoint(path: str | Path) -> tuple[TrainConfig, dict[str, torch.Tensor]]:
+    """Load a segmentation checkpoint with ``torch.load(weights_only=True)``.
+
+    ``path``: a ``.ckpt`` file or a run folder (``checkpoints/best.ckpt``, else ``last.ckpt``).
+    Returns the TrainConfig and the network's state dict (keys of PlainConvUNet, ``model.``
+    stripped), verified against the architecture the config builds.
+    """
+    cfg, weights, _, _ = _load(path)
+    return cfg, weights
+
+
+# ---------------------------------------------------------------- post-processing
+def keep_largest_component(labels: np.ndarray, classes=(1, 2, 3)) -> np.ndarray:
+    """Keep, per class, the largest face-connected 3D component of (X, Y, Z) labels; the rest -> 0.
+
+    nnU-Net's "remove all but the largest component" post-processing (Isensee et al. 2021).
+    """
+    out = np.array(labels, copy=True)
+    for c in classes:
+        comp, n = ndimage.label(labels == c)
+        if n > 1:
+            keep = 1 + int(np.bincount(comp.ravel())[1:].argmax())
+            out[(comp > 0) & (comp != keep)] = 0
+    return out
+
+
+# ---------------------------------------------------------------- the segmenter
+class Segmenter:
+    """A segmentation network plus the preprocessing grid it was trained on.
+
+    ``spacing``/``size``: the training cache's in-plane grid (mm, px). The network sees the
+    whole S x S slice; sizes not divisible by the network's stride product are padded.
+    """
+
+    def __init__(self, model: nn.Module, spacing: float = DEFAULT_SPACING, size: int = DEFAULT_SIZE,
+                 device: str | torch.device = "cpu", tta: bool = False, largest_component: bool = False,
+                 batch_size: int = 32, cfg: TrainConfig | None = None):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        if hasattr(model, "decoder") and hasattr(model.decoder, "deep_supervision"):
+            model.decoder.deep_supervision = False  # nnU-Net infers with the full-resolution output only
+        try:
+            from .models import input_divisor
+
+            self.divisor = input_divisor(model)
+        except (AttributeError, ConfigError):
+            self.divisor = (1, 1)
+        self.spacing, self.size = float(spacing), int(size)
+        self.tta, self.largest_component, self.batch_size, self.cfg = tta, largest_component, int(batch_size), cfg
+        self.checkpoint: Path | None = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", tta: bool = False,
+                        largest_component: bool = False, batch_size: int = 32,
+                        spacing: float | None = None, size: int | None = None) -> "Segmenter":
+        """Load a run folder or ``.ckpt``; the grid comes from the run's cache (``config.yaml`` -> ``cache.json``)."""
+        cfg, _, model, ckpt = _load(path)
+        grid = None
+        run = run_folder(ckpt)
+        if run is not None and spacing is None and size is None:
+            cache = read_run_config(run).get("cache")
+            grid = cache_grid(cache) if cache else None
+        if grid is None and (spacing is None or size is None):
+            warnings.warn(f"{ckpt}: training cache grid unknown (run config.yaml / cache.json unavailable); "
+                          f"using {DEFAULT_SPACING} mm / {DEFAULT_SIZE} px", stacklevel=2)
+            grid = (DEFAULT_SPACING, DEFAULT_SIZE)
+        sp = spacing if spacing is not None else grid[0]
+        sz = size if size is not None else grid[1]
+        seg = cls(model, sp, sz, device, tta, largest_component, batch_size, cfg)
+        seg.checkpoint = ckpt
+        return seg
+
+    # -- network
+    def _autocast(self):
+        if self.device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.autocast("cuda", dtype=dtype)
+        return nullcontext()
+
+    def _softmax(self, x: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            out = self.model(x)
+        logits = out[0] if isinstance(out, (list, tuple)) else out
+        return torch.softmax(logits.float(), dim=1)
+
+    @torch.inference_mode()
+    def forward_slices(self, slices: np.ndarray | torch.Tensor, tta: bool | None = None) -> torch.Tensor:
+        """(N, H, W) normalised slices -> (N, C, H, W) float32 class probabilities (CPU).
+
+        With TTA, the mean of the softmax over the 4 mirrorings (none, x, y, both), each flipped back.
+        """
+        tta = self.tta if tta is None else tta
+        x = torch.as_tensor(np.asarray(slices, dtype=np.float32))
+        n, h, w = x.shape
+        ph, pw = (-h) % self.divisor[0], (-w) % self.divisor[1]
+        fill = float(x.min()) if n else 0.0
+        flips = [(), (2,), (3,), (2, 3)] if tta else [()]
+        out = []
+        for i in range(0, n, self.batch_size):
+            b = x[i : i + self.batch_size, None].to(self.device)
+            if ph or pw:
+                b = torch.nn.functional.pad(b, (0, pw, 0, ph), value=fill)
+            acc = None
+            for f in flips:
+                p = self._softmax(b.flip(f)).flip(f) if f else self._softmax(b)
+                acc = p if acc is None else acc + p
+            out.append((acc / len(flips))[:, :, :h, :w].cpu())
+        return torch.cat(out) if out else torch.zeros((0, NUM_CLASSES, h, w))
+
+    # -- whole volumes
+    def _prepare(self, image, spacing, affine) -> tuple[np.ndarray, Geometry, bool]:
+        arr = np.asarray(image)
+        if arr.ndim not in (3, 4):
+            raise DataError(None, f"image must be (X, Y, Z) or (X, Y, Z, T); got shape {arr.shape}")
+        sp = tuple(float(s) for s in np.asarray(spacing, dtype=float).ravel()[:3])
+        if len(sp) != 3 or not all(np.isfinite(sp)) or min(sp) <= 0:
+            raise DataError(None, f"spacing must be 3 positive numbers (sx, sy, sz) in mm; got {spacing}")
+        arr = arr.astype(np.float32, copy=False)
+        if not np.isfinite(arr).all():
+            raise DataError(None, "image holds NaN or infinite values")
+        is3d = arr.ndim == 3
+        xyzt = arr[..., None] if is3d else arr
+        geom = make_geometry(xyzt.shape[:3], sp, np.eye(4) if affine is None else affine, self.spacing, self.size)
+        return image_to_slices(zscore(xyzt), geom), geom, is3d
+
+    def _frame_probs(self, slices_tzss: np.ndarray, tta: bool | None):
+        """Yield (t, (Z, C, S, S) probs), forwarding as many whole frames per batch as fit."""
+        T, Z = slices_tzss.shape[:2]
+        per = max(1, self.batch_size // max(Z, 1))
+        for t0 in range(0, T, per):
+            chunk = np.asarray(slices_tzss[t0 : t0 + per], dtype=np.float32)
+            probs = self.forward_slices(chunk.reshape(-1, *chunk.shape[2:]), tta)
+            for k in range(chunk.shape[0]):
+                yield t0 + k, probs[k * Z : (k + 1) * Z]
+
+    def _post(self, labels: np.ndarray, largest_component: bool | None) -> np.ndarray:
+        lc = self.largest_component if largest_component is None else largest_component
+        return keep_largest_component(labels) if lc else labels
+
+    def predict_probs(self, image: np.ndarray, spacing, affine=None, tta: bool | None = None) -> np.ndarray:
+        """(X, Y, Z) or (X, Y, Z, T) image -> (T, C, X, Y, Z) float32 probabilities on the native grid."""
+        slices, geom, _ = self._prepare(image, spacing, affine)
+        bg = torch.zeros(NUM_CLASSES)
+        bg[0] = 1.0
+        out = np.zeros((slices.shape[0], NUM_CLASSES, *geom.native_shape), dtype=np.float32)
+        for t, p in self._frame_probs(slices, tta):
+            native = _resize(_uncrop(p, geom.offset, geom.resampled_shape, bg), geom.native_shape[:2])  # Z, C, X, Y
+            out[t] = native.permute(1, 2, 3, 0).numpy()
+        return out
+
+    def __call__(self, image: np.ndarray, spacing, affine=None, tta: bool | None = None,
+                 largest_component: bool | None = None) -> np.ndarray:
+        """(X, Y, Z) or (X, Y, Z, T) image, spacing (sx, sy, sz) mm -> uint8 labels of the same shape."""
+        slices, geom, is3d = self._prepare(image, spacing, affine)
+        out = np.zeros((*geom.native_shape, slices.shape[0]), dtype=np.uint8)
+        for t, p in self._frame_probs(slices, tta):
+            out[..., t] = self._post(probs_to_native(p, geom), largest_component)
+        return out[..., 0] if is3d else out
+
+    def predict_cached(self, cache, subject: str, frames=None, tta: bool | None = None,
+                       largest_component: bool | None = None) -> dict[int, np.ndarray]:
+        """Frames of a cached subject (default: its labeled frames) -> {t: (X, Y, Z) uint8 native labels}.
+
+        Uses the cache's preprocessed slices (z-scored over the whole 4D cine), so no resampling on the way in.
+        """
+        if (float(cache.spacing), int(cache.size)) != (self.spacing, self.size):
+            warnings.warn(f"cache {cache.path} grid {cache.spacing} mm / {cache.size} px differs from the model's "
+                          f"training grid {self.spacing} mm / {self.size} px", stacklevel=2)
+        meta, geom = cache.meta(subject), cache.geometry(subject)
+        frames = list(meta["label_frames"] if frames is None else frames)
+        bad = [t for t in frames if not 0 <= int(t) < meta["n_frames"]]
+        if bad:
+            raise DataError(cache.path, f"subject {subject} has {meta['n_frames']} frames; asked for {bad}")
+        image = cache.arrays(subject)[0]
+        stack = np.stack([np.asarray(image[int(t)], dtype=np.float32) for t in frames]) if frames else \
+            np.zeros((0, meta["n_slices"], cache.size, cache.size), np.float32)
+        return {int(frames[k]): self._post(probs_to_native(p, geom), largest_component)
+                for k, p in self._frame_probs(stack, tta)}
+
+
+# ---------------------------------------------------------------- files in, files out
+_NII = (".nii.gz", ".nii")
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for ext in _NII:
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def expand_inputs(inputs) -> list[tuple[str, Path]]:
+    """Paths -> ``[("nifti" | "dicom", path)]``: a folder means its .nii/.nii.gz files (not ``*_seg``),
+    or, if it has none, the DICOM series of its .dcm files."""
+    jobs: list[tuple[str, Path]] = []
+    for item in [inputs] if isinstance(inputs, (str, Path)) else inputs:
+        p = Path(item)
+        if p.is_dir():
+            nii = sorted(f for f in p.iterdir()
+                         if f.is_file() and f.name.endswith(_NII) and not _stem(f).endswith("_seg"))
+            if nii:
+                jobs += [("nifti", f) for f in nii]
+            elif any(f.suffix.lower() == ".dcm" for f in p.iterdir()):
+                jobs.append(("dicom", p))
+            else:
+                raise DataError(p, "folder holds no .nii/.nii.gz files and no .dcm series")
+        elif p.is_file():
+            if not p.name.endswith(_NII):
+                raise DataError(p, "not a NIfTI file (.nii/.nii.gz); give DICOM series as a folder")
+            jobs.append(("nifti", p))
+        else:
+            raise DataError(p, "input not found")
+    return jobs
+
+
+def _read_input(kind: str, path: Path):
+    """-> (image (X, Y, Z[, T]) float32, spacing, affine, header or None, shape to write)."""
+    import nibabel as nib
+
+    if kind == "dicom":
+        from .data.readers.sunnybrook import read_series
+
+        image, affine, _, _ = read_series(path)
+        spacing = tuple(float(np.linalg.norm(affine[:3, i])) for i in range(3))
+        if min(spacing) <= 0:
+            raise DataError(path, f"DICOM geometry gives voxel spacing {spacing}")
+        image = image[..., 0] if image.shape[3] == 1 else image
+        return image, spacing, affine, None, image.shape
+    from .data.readers.base import load_nifti
+
+    data, affine, zooms = load_nifti(path, ndims=(3, 4))  # DataError on 2D, corrupt file, non-finite voxels
+    img = nib.load(str(path))
+    # nibabel replaces zero pixdims by 1 on load (with a log message): look at the raw header
+    with nib.openers.ImageOpener(str(path)) as f:
+        raw = type(img.header).from_fileobj(f, check=False)["pixdim"][1:4]
+    if not np.all(np.isfinite(raw)) or np.any(raw == 0):
+        raise DataError(path, f"voxel spacing (pixdim) {tuple(float(v) for v in raw)} is zero or missing")
+    return data, zooms[:3], affine, img.header, img.shape
+
+
+def _write_labels(labels: np.ndarray, affine: np.ndarray, header, shape, out: Path) -> None:
+    """Write uint8 labels with the input's shape, affine and header to ``out`` (temp name, then rename)."""
+    import os
+
+    import nibabel as nib
+
+    labels = labels.reshape(shape)
+    if header is None:
+        img = nib.Nifti1Image(labels, affine)
+        img.header.set_xyzt_units("mm")
+    else:
+        klass = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+        img = klass(labels, affine, header=header.copy())
+    img.set_data_dtype(np.uint8)
+    img.header.set_slope_inter(None, None)
+    img.header["cal_min"], img.header["cal_max"] = 0, NUM_CLASSES - 1
+    img.header.set_intent("label")
+    img.header["descrip"] = b"cardiossp labels 0 bg 1 LV 2 MYO 3 RV"
+    tmp = out.with_name(f".{out.name[:-len('.nii.gz')]}.{os.getpid()}.part.nii.gz")
+    try:
+        nib.save(img, str(tmp))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def predict_files(model, inputs, out_dir, tta: bool = False, largest_component: bool = False,
+                  progress=None, device: str = "cpu") -> list[Path]:
+    """Segment NIfTI files (3D, or 4D: every frame), folders of them, or DICOM cine folders.
+
+    ``model``: a ``Segmenter`` or a run folder / ``.ckpt`` (loaded on ``device``). Writes
+    ``out_dir/<name>_seg.nii.gz`` (uint8, internal labels 0 bg, 1 LV, 2 MYO, 3 RV) with the input's
+    shape, affine and header;
+    DICOM folders give ``<folder>_seg.nii.gz`` in RAS+ (as the readers build it).
+    ``progress(name, i, n)`` is called after each output. Bad input (not 3D/4D, missing or zero
+    spacing, unreadable) raises ``DataError`` naming the file; nothing is written for it
+    (outputs of earlier inputs stay). Returns the written paths.
+    """
+    seg = model if isinstance(model, Segmenter) else Segmenter.from_checkpoint(model, device=device)
+    jobs = expand_inputs(inputs)
+    out_dir = Path(out_dir)
+    outs = [out_dir / f"{_stem(p)}_seg.nii.gz" for _, p in jobs]
+    seen: dict[Path, Path] = {}
+    for (_, p), o in zip(jobs, outs):
+        if o in seen:
+            raise DataError(p, f"gives the same output name {o.name} as {seen[o]}; predict them into separate folders")
+        seen[o] = p
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, ((kind, path), out) in enumerate(zip(jobs, outs)):
+        image, spacing, affine, header, shape = _read_input(kind, path)
+        try:
+            labels = seg(image, spacing, affine, tta=tta, largest_component=largest_component)
+        except DataError as e:
+            raise DataError(path, e.problem) from None
+        _write_labels(labels, affine, header, shape, out)
+        if progress:
+            progress(path.name, i + 1, len(jobs))
+    return outs

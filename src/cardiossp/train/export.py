@@ -1,0 +1,58 @@
+"""Export weights in the layout nnU-Net v2 loads with ``nnunetv2.run.load_pretrained_weights``.
+
+nnU-Net's rule: the file holds ``{"network_weights": state_dict}``; every key of the target
+network except those containing ``.seg_layers.`` must be present with the same shape.
+From a segmentation run we export the trained network; from a pretraining run the
+pretrained tensors, completed by a fresh nnU-Net initialisation of the parts the method
+does not pretrain (e.g. the decoder of an encoder-only method), since nnU-Net's loader
+requires every non-segmentation key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import ModelConfig, TrainConfig, from_dict
+from ..data.labels import NUM_CLASSES
+from ..errors import CheckpointError
+from ..models import build_model
+
+
+def _network(m: ModelConfig) -> torch.nn.Module:
+    return build_model(m.name, in_channels=1, num_classes=NUM_CLASSES, n_stages=m.n_stages,
+                       base_features=m.base_features, max_features=m.max_features, width=m.width, norm=m.norm,
+                       deep_supervision=True)
+
+
+def exportable_state(run: str | Path) -> dict[str, torch.Tensor]:
+    """State dict (nnU-Net key names) of a training run's best/last checkpoint or a pretraining run."""
+    run = Path(run)
+    if (run / "pretrained.pt").is_file() or run.name == "pretrained.pt":
+        from .transfer import load_pretrained
+
+        record = load_pretrained(run)
+        net = _network(from_dict(ModelConfig, record["model"], "model"))
+        state = net.state_dict()
+        state.update({k: v for k, v in record["state_dict"].items() if k in state})
+        return state
+    from ..inference import load_checkpoint
+
+    cfg, state = load_checkpoint(run)
+    if not isinstance(cfg, TrainConfig):
+        raise CheckpointError(f"{run}: not a segmentation run")
+    return state
+
+
+def export_nnunet(run: str | Path, out: str | Path) -> int:
+    """Write ``{"network_weights": ...}`` to ``out`` (atomically); returns the number of tensors."""
+    state = {k: v.detach().cpu().clone() for k, v in exportable_state(run).items() if ".seg_layers." not in k}
+    if not state:
+        raise CheckpointError(f"{run}: nothing to export")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save({"network_weights": state, "exported_by": "cardiossp", "source": str(run)}, tmp)
+    tmp.replace(out)
+    return len(state)

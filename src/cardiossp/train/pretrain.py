@@ -1,0 +1,150 @@
+"""Lightning module and run function for self-supervised pretraining.
+
+The engine owns the loop (optimiser, schedule, AMP, clipping, checkpoints, DDP); the
+method (``cardiossp.ssp``) owns its views, loss and hooks (DESIGN habit 1). Optimiser:
+SGD with linear warm-up then cosine decay per step (SPEC §3). At the end the run writes
+``RUN/pretrained.pt``: the method's transferable state in the segmentation model's key
+namespace, with the model config and method name (loaded with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from ..config import PretrainConfig, from_dict, save_run_config, to_dict
+from ..data.datasets import UnlabeledSlices
+from ..data.labels import NUM_CLASSES
+from ..data.slices import SliceCache
+from ..data.splits import load_split, pretraining_subjects
+from ..errors import ConfigError
+from ..models import build_model
+from ..ssp import build_method
+from .engine import build_trainer, kept_metrics
+from .sampling import SeededItems, SeededSampler, worker_threads
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """LR factor: linear 0->1 over ``warmup`` steps, then cosine 1->0 at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+class PretrainModule(L.LightningModule):
+    def __init__(self, cfg: PretrainConfig | dict, total_steps: int = 1, steps_per_epoch: int = 1):
+        super().__init__()
+        cfg_dict = cfg if isinstance(cfg, dict) else to_dict(cfg)
+        self.save_hyperparameters({"cfg": cfg_dict, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch})
+        self.cfg = from_dict(PretrainConfig, cfg_dict, "pretrain") if isinstance(cfg, dict) else cfg
+        m = self.cfg.model
+
+        def backbone(num_classes: int, deep_supervision: bool):
+            return build_model(m.name, in_channels=1, num_classes=num_classes, n_stages=m.n_stages,
+                               base_features=m.base_features, max_features=m.max_features, width=m.width,
+                               norm=m.norm, deep_supervision=deep_supervision)
+
+        options = {"input_size": self.cfg.data.input_size, "augment": self.cfg.data.augment, **self.cfg.method_options}
+        if self.cfg.method == "dino":
+            options.setdefault("epochs", self.cfg.schedule.epochs)
+        self.method = build_method(self.cfg.method, backbone, options)
+        self.total_steps = max(1, total_steps)
+        self.steps_per_epoch = max(1, steps_per_epoch)
+
+    def progress(self) -> float:
+        return min(1.0, self.global_step / self.total_steps)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self.method.forward_loss(batch, self.progress())
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite pretraining loss {loss.item()} at step {self.global_step}; "
+                                     f"subjects in the batch: {sorted(set(batch.get('subject', [])))[:10]}")
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=_batch_size(batch))
+        self.log_dict({f"train_{k}": float(v) for k, v in out.items() if k != "loss"}, on_step=False, on_epoch=True,
+                      batch_size=_batch_size(batch))
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+        return loss
+
+    def on_after_backward(self) -> None:
+        self.method.on_after_backward(self.current_epoch)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.method.on_train_batch_end(self.progress())
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        params = [p for p in self.method.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
+                              weight_decay=o.weight_decay)
+        warm = o.warmup_epochs * self.steps_per_epoch
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, self.total_steps, warm))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def pretrained_record(self) -> dict:
+        return {"format": "cardiossp-pretrained-1", "method": self.cfg.method, "transfers": self.method.transfers,
+                "model": to_dict(self.cfg.model), "num_classes": NUM_CLASSES,
+                "state_dict": {k: v.detach().cpu() for k, v in self.method.transferable_state().items()}}
+
+
+def _batch_size(batch: dict) -> int:
+    for v in batch.values():
+        if isinstance(v, torch.Tensor):
+            return v.shape[0]
+    return 1
+
+
+def pretrain(cfg: PretrainConfig, cache: str | Path, out: str | Path, split: str | Path | None = None,
+             resume: bool = False, progress: bool = True, loggers: tuple[str, ...] = ()) -> Path:
+    """Pretrain on every frame of the split's training + unlabeled subjects (all cache subjects
+    when no split is given); labels are never read."""
+    out = Path(out)
+    last = out / "checkpoints" / "last.ckpt"
+    if (out / "pretrained.pt").exists() and not resume:
+        raise ConfigError(f"{out} holds a finished pretraining run; choose another --out")
+    if last.exists() and not resume:
+        raise ConfigError(f"{out} holds an unfinished run; pass --resume to continue it or choose another --out")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    sc = SliceCache(cache)
+    if split is not None:
+        subjects = pretraining_subjects(load_split(split))
+    else:
+        views = sc.subjects["view"].fillna("SA") if "view" in sc.subjects else None
+        subjects = sc.subjects["subject"][views == "SA"].tolist() if views is not None else sc.subject_ids()
+    d, s = cfg.data, cfg.schedule
+    world = 1 if cfg.devices in ("auto", 1, "1") else int(cfg.devices)
+    # Build once to get the view maker (workers receive only it, not the network).
+    probe = PretrainModule(cfg)
+    dataset = UnlabeledSlices(sc, subjects, transform=probe.method.view_maker)
+    n = s.iters_per_epoch * d.batch_size if s.epoch_mode == "iterations" else None
+    sampler = SeededSampler(len(dataset), cfg.seed, num_samples=n)
+    steps_per_epoch = max(1, len(sampler) // (d.batch_size * world))
+    module = PretrainModule(cfg, total_steps=steps_per_epoch * s.epochs, steps_per_epoch=steps_per_epoch)
+    module.method.load_state_dict(probe.method.state_dict())
+    save_run_config(cfg, out, cache=str(Path(cache).resolve()), split=str(Path(split).resolve()) if split else None,
+                    pretrain_subjects=len(subjects), pretrain_slices=len(dataset))
+    trainer = build_trainer(out, s.epochs, cfg.precision, cfg.accelerator, cfg.devices, monitor=None,
+                            grad_clip=cfg.optim.grad_clip, loggers=loggers, progress=progress,
+                            find_unused_parameters=cfg.method == "mim")
+    loader = DataLoader(SeededItems(dataset), batch_size=d.batch_size, sampler=sampler, num_workers=d.num_workers,
+                        worker_init_fn=worker_threads if d.num_workers else None, drop_last=True,
+                        pin_memory=torch.cuda.is_available())
+    t0 = time.time()
+    with kept_metrics(out, resume):
+        trainer.fit(module, loader, ckpt_path=str(last) if resume and last.exists() else None)
+    if trainer.global_rank == 0 and trainer.current_epoch >= s.epochs:  # not when stopped early
+        tmp = out / "pretrained.pt.tmp"
+        torch.save(module.pretrained_record(), tmp)
+        tmp.replace(out / "pretrained.pt")
+        seconds = time.time() - t0
+        (out / "done.json").write_text(json.dumps({
+            "seconds": seconds, "epochs": s.epochs, "steps": trainer.global_step,
+            "slices_per_second": trainer.global_step * d.batch_size * world / max(seconds, 1e-9)}, indent=2))
+    return out
