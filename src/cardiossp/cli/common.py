@@ -16,7 +16,7 @@ console = Console(stderr=True)
 
 def fail(e: Exception) -> None:
     """Print a one-line error and exit with status 2 (no traceback for expected errors)."""
-    console.print(f"[bold red]error:[/] {e}")
+    console.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
     raise typer.Exit(code=2)
 
 

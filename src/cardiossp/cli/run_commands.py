@@ -167,3 +167,25 @@ def demo(
     except CardiosspError as e:
         fail(e)
     print_table(table, title="test-set 3D Dice (mean over subjects and ED/ES)")
+
+
+@app.command()
+def bench(
+    kind: str = typer.Argument("supervised", help="supervised"),
+    data: Path = typer.Option(..., help="dataset folder, e.g. ../shared/data/acdc"),
+    out: Path = typer.Option(Path("bench-out"), help="output folder (cache, split, run, bench.md)"),
+    reader: str = typer.Option("acdc"),
+    preset: str = typer.Option("cpu"),
+    seed: int = typer.Option(0),
+    set_: list[str] = typer.Option([], "--set", help=OVERRIDE_HELP),
+) -> None:
+    """Real-data benchmark: train a preset, evaluate on a fixed test split, report Dice, HD95, LVEF, time, memory."""
+    from ..bench import bench_supervised
+
+    if kind != "supervised":
+        fail(CardiosspError(f"unknown benchmark {kind!r}"))
+    try:
+        r = bench_supervised(data, out, reader=reader, preset=preset, seed=seed, overrides=_parse(set_))
+    except CardiosspError as e:
+        fail(e)
+    console.print((out / "bench.md").read_text())
