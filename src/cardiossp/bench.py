@@ -86,3 +86,66 @@ def _markdown(r: dict) -> str:
         f"{(r['lvef_mae'] if r['lvef_mae'] is not None else float('nan')):.1f} | {s['train_recorded'] / 60:.1f} | "
         f"{r['peak_memory_gb']:.1f} |\n\nMachine: {r['machine']}.\n"
     )
+
+
+def bench_ssp(data: str | Path, out: str | Path, methods: tuple[str, ...] = ("mim", "pcl"), budget: int = 5,
+              seeds: tuple[int, ...] = (0, 1), reader: str = "acdc", pretrain_over: dict | None = None,
+              train_over: dict | None = None) -> dict:
+    """Pretrain each method once on every frame of the training subjects (labels unused), fine-tune it on
+    ``budget`` labeled subjects per seed, train the baseline from scratch on the same subjects; test 3D Dice."""
+    from .config import PretrainConfig
+    from .train.pretrain import pretrain
+
+    out = Path(out)
+    cache = prepare([(reader, data)], out / "cache", spacing=1.25, size=256)
+    split = out / "split.yaml"
+    if not split.exists():
+        save_split(make_split(SliceCache(cache).subjects, seed=0, val=5, test=20, budgets=[budget]), split)
+    result: dict = {"budget": budget, "seeds": list(seeds), "pretrain": {}, "runs": []}
+    for m in methods:
+        run = out / f"pretrain-{m}"
+        t0 = time.time()
+        if not (run / "pretrained.pt").exists():
+            cfg = load_config(PretrainConfig, "pretrain", "cpu", {"method": m, **(pretrain_over or {})})
+            pretrain(cfg, cache, run, split=split, resume=(run / "checkpoints" / "last.ckpt").exists(), progress=False)
+        done = json.loads((run / "done.json").read_text())
+        result["pretrain"][m] = {"seconds": done["seconds"], "slices_per_second": done["slices_per_second"],
+                                 "wall_this_call": time.time() - t0}
+    for seed in seeds:
+        for init in (None, *methods):
+            name = f"{init or 'scratch'}-n{budget}-seed{seed}"
+            run = out / name
+            over = {"seed": seed, "labeled_subjects": budget, **(train_over or {})}
+            if init:
+                over["finetune.init"] = str(out / f"pretrain-{init}")
+            if not (run / "done.json").exists():
+                cfg = load_config(TrainConfig, "train", "cpu", over)
+                train_segmentation(cfg, cache, split, run, resume=(run / "checkpoints" / "last.ckpt").exists(),
+                                   progress=False)
+            s = evaluate_run(run, split=split, subset="test")
+            o = s["overall"]
+            result["runs"].append({"method": init or "scratch", "seed": seed,
+                                   "train_seconds": json.loads((run / "done.json").read_text())["seconds"],
+                                   **{f"dice_{k}": o[f"dice_{k}"]["mean"] for k in ("LV", "MYO", "RV", "mean")}})
+    result["peak_memory_gb"] = peak_memory_gb()
+    result["machine"] = machine()
+    (out / "bench_ssp.json").write_text(json.dumps(result, indent=2))
+    (out / "bench_ssp.md").write_text(_ssp_markdown(result))
+    return result
+
+
+def _ssp_markdown(r: dict) -> str:
+    import pandas as pd
+
+    runs = pd.DataFrame(r["runs"])
+    g = runs.groupby("method", sort=False)
+    lines = [f"Fine-tuned on {r['budget']} labeled subjects, seeds {r['seeds']}; test 3D Dice mean ± std over seeds.",
+             "", "| method | Dice LV | Dice MYO | Dice RV | mean | fine-tune time (min) |", "|---|---|---|---|---|---|"]
+    for method, df in g:
+        cells = [f"{df[c].mean():.3f} ± {df[c].std(ddof=0):.3f}" for c in ("dice_LV", "dice_MYO", "dice_RV", "dice_mean")]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {df['train_seconds'].mean() / 60:.1f} |")
+    lines += ["", "| pretraining | wall time (min) | slices/s |", "|---|---|---|"]
+    for m, p in r["pretrain"].items():
+        lines.append(f"| {m} | {p['seconds'] / 60:.1f} | {p['slices_per_second']:.1f} |")
+    lines += ["", f"Peak memory {r['peak_memory_gb']:.1f} GiB. Machine: {r['machine']}.", ""]
+    return "\n".join(lines)

@@ -171,21 +171,32 @@ def demo(
 
 @app.command()
 def bench(
-    kind: str = typer.Argument("supervised", help="supervised"),
+    kind: str = typer.Argument("supervised", help="supervised | ssp"),
     data: Path = typer.Option(..., help="dataset folder, e.g. ../shared/data/acdc"),
     out: Path = typer.Option(Path("bench-out"), help="output folder (cache, split, run, bench.md)"),
     reader: str = typer.Option("acdc"),
     preset: str = typer.Option("cpu"),
     seed: int = typer.Option(0),
-    set_: list[str] = typer.Option([], "--set", help=OVERRIDE_HELP),
+    methods: str = typer.Option("mim,pcl", help="ssp: methods to pretrain"),
+    budget: int = typer.Option(5, help="ssp: labeled subjects for fine-tuning"),
+    seeds: str = typer.Option("0,1", help="ssp: fine-tuning seeds"),
+    set_: list[str] = typer.Option([], "--set", help=OVERRIDE_HELP + " (fine-tuning/training)"),
+    pretrain_set: list[str] = typer.Option([], "--pretrain-set", help="ssp: override a pretraining value"),
 ) -> None:
-    """Real-data benchmark: train a preset, evaluate on a fixed test split, report Dice, HD95, LVEF, time, memory."""
-    from ..bench import bench_supervised
+    """Real-data benchmarks: `supervised` (train a preset, test Dice, HD95, LVEF, time, memory) or
+    `ssp` (pretrain methods, fine-tune on few labels vs scratch, seeds)."""
+    from ..bench import bench_ssp, bench_supervised
 
-    if kind != "supervised":
-        fail(CardiosspError(f"unknown benchmark {kind!r}"))
     try:
-        r = bench_supervised(data, out, reader=reader, preset=preset, seed=seed, overrides=_parse(set_))
+        if kind == "supervised":
+            bench_supervised(data, out, reader=reader, preset=preset, seed=seed, overrides=_parse(set_))
+            console.print((out / "bench.md").read_text())
+        elif kind == "ssp":
+            bench_ssp(data, out, methods=tuple(methods.split(",")), budget=budget,
+                      seeds=tuple(int(s) for s in seeds.split(",")), reader=reader,
+                      pretrain_over=_parse(pretrain_set), train_over=_parse(set_))
+            console.print((out / "bench_ssp.md").read_text())
+        else:
+            fail(CardiosspError(f"unknown benchmark {kind!r}; supervised or ssp"))
     except CardiosspError as e:
         fail(e)
-    console.print((out / "bench.md").read_text())

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
-from .preprocess import Geometry, preprocess_subject
+from .preprocess import preprocess_subject
 from .readers import get_reader
 from .subject import Subject
 

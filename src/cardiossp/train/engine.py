@@ -27,8 +27,8 @@ def resolve_precision(precision: str, accelerator: str = "auto") -> str:
 class EpochLine(Callback):
     """One readable line per epoch (the CSV logger keeps the parseable record)."""
 
-    def __init__(self, print_fn=print):
-        self.print_fn = print_fn
+    def __init__(self, print_fn=None):
+        self.print_fn = print_fn or (lambda line: print(line, flush=True))
         self._t0 = time.time()
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
@@ -66,9 +66,12 @@ def build_trainer(
 ) -> L.Trainer:
     """Checkpoints go to ``out/checkpoints`` (``last.ckpt`` every epoch, ``best.ckpt`` by ``monitor``),
     metrics to ``out/logs/metrics.csv``; ``loggers`` adds any of tensorboard, wandb, mlflow."""
-    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor,
-                           mode="max", save_last=True, save_top_k=1 if monitor else 0,
-                           enable_version_counter=False)
+    # last.ckpt after every training epoch (resume point); best.ckpt at validations by ``monitor``.
+    ckpts = [ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
+                             save_on_train_epoch_end=True, enable_version_counter=False)]
+    if monitor:
+        ckpts.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode="max",
+                                     save_top_k=1, enable_version_counter=False))
     logs: list = [CSVLogger(out, name="", version="logs")]
     for name in loggers:
         if name == "tensorboard":
@@ -103,7 +106,7 @@ def build_trainer(
         check_val_every_n_epoch=val_every,
         num_sanity_val_steps=0,
         logger=logs,
-        callbacks=[ckpt, *bars, EpochLine(), *(callbacks or [])],
+        callbacks=[*ckpts, *bars, EpochLine(), *(callbacks or [])],
         enable_progress_bar=progress,
         use_distributed_sampler=False,  # our SeededSampler shards by rank itself
         log_every_n_steps=10,

@@ -25,7 +25,7 @@ from ..data.slices import SliceCache
 from ..data.splits import load_split, pretraining_subjects
 from ..errors import ConfigError
 from ..models import build_model
-from ..ssp import build_method
+from ..ssp import SSP_METHODS, build_method
 from .engine import build_trainer, kept_metrics
 from .sampling import SeededItems, SeededSampler, worker_threads
 
@@ -54,6 +54,9 @@ class PretrainModule(L.LightningModule):
         options = {"input_size": self.cfg.data.input_size, "augment": self.cfg.data.augment, **self.cfg.method_options}
         if self.cfg.method == "dino":
             options.setdefault("epochs", self.cfg.schedule.epochs)
+            # DINO's 30-epoch teacher-temperature warm-up cannot be longer than a short run (tiny/cpu presets)
+            warm = SSP_METHODS.get("dino").defaults["warmup_teacher_temp_epochs"]
+            options.setdefault("warmup_teacher_temp_epochs", min(warm, options["epochs"]))
         self.method = build_method(self.cfg.method, backbone, options)
         self.total_steps = max(1, total_steps)
         self.steps_per_epoch = max(1, steps_per_epoch)
@@ -70,7 +73,7 @@ class PretrainModule(L.LightningModule):
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=_batch_size(batch))
         self.log_dict({f"train_{k}": float(v) for k, v in out.items() if k != "loss"}, on_step=False, on_epoch=True,
                       batch_size=_batch_size(batch))
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, batch_size=_batch_size(batch))
         return loss
 
     def on_after_backward(self) -> None:
