@@ -22,7 +22,8 @@ from cardiossp.data.readers.phantom import write_phantom_config
 from cardiossp.data.slices import SliceCache
 from cardiossp.data.splits import make_split, save_split
 from cardiossp.errors import CheckpointError, DataError
-from cardiossp.inference import Segmenter, keep_largest_component, load_checkpoint, predict_files
+from cardiossp.inference import Segmenter, keep_largest_component, load_checkpoint
+from cardiossp.predict import predict_files
 from cardiossp.train.segmentation import SegmentationModule
 
 TINY = {"model.n_stages": 3, "model.base_features": 4, "model.max_features": 16}

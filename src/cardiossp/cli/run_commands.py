@@ -108,7 +108,8 @@ def predict(
     largest_component: bool = typer.Option(False, help="keep the largest connected component per class"),
 ) -> None:
     """Segment new images; outputs keep each input's shape and affine (labels 1 LV, 2 MYO, 3 RV)."""
-    from ..inference import Segmenter, predict_files
+    from ..inference import Segmenter
+    from ..predict import predict_files
 
     try:
         seg = Segmenter.from_checkpoint(model, tta=tta)
