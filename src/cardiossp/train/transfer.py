@@ -79,15 +79,30 @@ def set_encoder_trainable(model: nn.Module, trainable: bool) -> int:
 
 
 class FreezeEncoder(Callback):
-    """Freezes the encoder at the start of training; ``warmup-frozen`` releases it after N epochs."""
+    """Freezes the encoder at the start of training; ``warmup-frozen`` releases it after N epochs.
+
+    DDP fixes the parameters it synchronises when it wraps the model (after ``setup``), so
+    ``requires_grad`` may only change before that: ``frozen-encoder`` switches it off in ``setup``
+    (no encoder backward at all); ``warmup-frozen`` keeps it on and drops the encoder's gradients
+    before each optimizer step while frozen (SGD then skips those tensors: no step, no weight
+    decay, no momentum). Switching ``requires_grad`` later crashes DDP ("Expected to have finished
+    reduction") or leaves the released encoder unsynchronised across processes.
+    """
 
     def __init__(self, ft: FinetuneConfig):
         self.ft = ft
+        self._encoder: list[nn.Parameter] = []
 
     def _frozen_at(self, epoch: int) -> bool:
         if self.ft.strategy == "frozen-encoder":
             return True
         return self.ft.strategy == "warmup-frozen" and epoch < self.ft.warmup_frozen_epochs
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        set_encoder_trainable(pl_module.model, not self._frozen_at(trainer.current_epoch))
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._encoder = group_parameters(pl_module.model)["encoder"]
+        set_encoder_trainable(pl_module.model, self.ft.strategy != "frozen-encoder")
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self._frozen_at(trainer.current_epoch):
+            for p in self._encoder:
+                p.grad = None
