@@ -35,7 +35,7 @@ def run_demo(out: str | Path, data: str | Path | None = None, reader: str = "pha
         write_phantom_config(data, n_subjects=14, n_unlabeled=2, size=64, n_slices=6, n_frames=6, seed=0)
         spacing, size = 1.5, 64
     else:
-        spacing, size = 1.25, 256
+        spacing, size = 1.6, 160  # the cpu presets' grid (see presets/train/cpu.yaml)
     say(f"[1/5] prepare {reader}:{data} -> {out / 'cache'}")
     cache = prepare([(reader, data)], out / "cache", spacing=spacing, size=size)
     split = out / "split.yaml"

@@ -111,9 +111,15 @@ def predict(
     from ..inference import Segmenter
     from ..predict import predict_files
 
+    from rich.progress import Progress
+
     try:
         seg = Segmenter.from_checkpoint(model, tta=tta)
-        written = predict_files(seg, inputs, out, tta=tta, largest_component=largest_component)
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("predict", total=None)
+            written = predict_files(seg, inputs, out, tta=tta, largest_component=largest_component,
+                                    progress=lambda name, i, n: bar.update(task, completed=i, total=n,
+                                                                           description=str(name)))
     except CardiosspError as e:
         fail(e)
     console.print(f"wrote {len(written)} segmentations to {out}")
@@ -181,6 +187,8 @@ def bench(
     methods: str = typer.Option("mim,pcl", help="ssp: methods to pretrain"),
     budget: int = typer.Option(5, help="ssp: labeled subjects for fine-tuning"),
     seeds: str = typer.Option("0,1", help="ssp: fine-tuning seeds"),
+    spacing: float = typer.Option(1.6, help="cache in-plane spacing (mm)"),
+    size: int = typer.Option(160, help="cache slice size (px)"),
     set_: list[str] = typer.Option([], "--set", help=OVERRIDE_HELP + " (fine-tuning/training)"),
     pretrain_set: list[str] = typer.Option([], "--pretrain-set", help="ssp: override a pretraining value"),
 ) -> None:
@@ -190,12 +198,13 @@ def bench(
 
     try:
         if kind == "supervised":
-            bench_supervised(data, out, reader=reader, preset=preset, seed=seed, overrides=_parse(set_))
+            bench_supervised(data, out, reader=reader, preset=preset, seed=seed, overrides=_parse(set_),
+                             spacing=spacing, size=size)
             console.print((out / "bench.md").read_text())
         elif kind == "ssp":
             bench_ssp(data, out, methods=tuple(methods.split(",")), budget=budget,
                       seeds=tuple(int(s) for s in seeds.split(",")), reader=reader,
-                      pretrain_over=_parse(pretrain_set), train_over=_parse(set_))
+                      pretrain_over=_parse(pretrain_set), train_over=_parse(set_), spacing=spacing, size=size)
             console.print((out / "bench_ssp.md").read_text())
         else:
             fail(CardiosspError(f"unknown benchmark {kind!r}; supervised or ssp"))
