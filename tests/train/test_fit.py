@@ -55,6 +55,8 @@ def test_resume_gives_the_uninterrupted_weights(tmp_path, phantom_cache, one_thr
     full = train_segmentation(cfg, cache, split, tmp_path / "full", progress=False)
     part = train_segmentation(cfg, cache, split, tmp_path / "part", progress=False, callbacks=[StopAfter(1)])
     assert not (part / "done.json").exists()  # stopped early: not finished
+    # the resume point holds the end of epoch 1 (not only written when training ends)
+    assert torch.load(part / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
     with pytest.raises(Exception, match="--resume"):
         train_segmentation(cfg, cache, split, part, progress=False)
     train_segmentation(cfg, cache, split, part, progress=False, resume=True)

@@ -67,7 +67,8 @@ def build_trainer(
     """Checkpoints go to ``out/checkpoints`` (``last.ckpt`` every epoch, ``best.ckpt`` by ``monitor``),
     metrics to ``out/logs/metrics.csv``; ``loggers`` adds any of tensorboard, wandb, mlflow."""
     # last.ckpt after every training epoch (resume point); best.ckpt at validations by ``monitor``.
-    ckpts = [ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
+    # (Lightning writes save_last files only alongside a top-k save, so "last" is a top-1 of the latest.)
+    ckpts = [ModelCheckpoint(dirpath=out / "checkpoints", filename="last", monitor=None, save_top_k=1,
                              save_on_train_epoch_end=True, enable_version_counter=False)]
     if monitor:
         ckpts.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode="max",
