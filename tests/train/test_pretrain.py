@@ -50,7 +50,7 @@ def test_pretrain_writes_a_run_that_transfers_the_right_groups(method, tmp_path,
     m = pd.read_csv(run / "logs" / "metrics.csv")
     losses = m.dropna(subset=["train_loss_epoch"])["train_loss_epoch"].to_numpy()
     assert len(losses) == 1 and np.isfinite(losses).all(), losses
-    with pytest.raises(Exception, match="finished pretraining run"):  # never overwrite a finished run
+    with pytest.raises(Exception, match="holds a finished run"):  # never overwrite a finished run
         pretrain(cfg, cache, run, split=split, progress=False)
 
     # --- pretrained.pt: safe to load, self-describing, trained

@@ -14,6 +14,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
+from ..errors import ConfigError
+
 
 def resolve_precision(precision: str, accelerator: str = "auto") -> str:
     """auto: bf16-mixed on GPUs that support it, else 16-mixed on CUDA, 32-true on the CPU."""
@@ -114,6 +116,18 @@ def build_trainer(
         limit_val_batches=limit_val_batches,
         enable_model_summary=False,
     )
+
+
+def resume_point(out: Path, resume: bool, finished_marker: str) -> str | None:
+    """The checkpoint to resume from (``--resume``), or None for a fresh run; refuses to
+    overwrite a finished or an interrupted run by accident."""
+    last = out / "checkpoints" / "last.ckpt"
+    if not resume:
+        if (out / finished_marker).exists():
+            raise ConfigError(f"{out} holds a finished run; choose another --out")
+        if last.exists():
+            raise ConfigError(f"{out} holds an unfinished run; pass --resume to continue it or choose another --out")
+    return str(last) if resume and last.exists() else None
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from ..data.slices import SliceCache
 from ..data.splits import load_split, training_subjects
 from ..errors import ConfigError
 from ..models import deep_supervision_scales
-from .engine import build_trainer, kept_metrics
+from .engine import build_trainer, kept_metrics, resume_point
 from .sampling import SeededItems, SeededSampler, worker_threads
 from .segmentation import SegmentationModule
 
@@ -49,11 +49,7 @@ def train_segmentation(
 ) -> Path:
     """Train (or fine-tune, with ``cfg.finetune.init``) on the split's training subjects; returns ``out``."""
     out = Path(out)
-    last = out / "checkpoints" / "last.ckpt"
-    if (out / "done.json").exists() and not resume:
-        raise ConfigError(f"{out} holds a finished run; choose another --out")
-    if last.exists() and not resume:
-        raise ConfigError(f"{out} holds an unfinished run; pass --resume to continue it or choose another --out")
+    ckpt_path = resume_point(out, resume, "done.json")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     sc = SliceCache(cache)
     sp = load_split(split)
@@ -88,7 +84,7 @@ def train_segmentation(
     with kept_metrics(out, resume):
         trainer.fit(module, _loader(SeededItems(train_ds), d.batch_size, d.num_workers, sampler=sampler),
                     _loader(val_ds, d.batch_size, d.num_workers) if val_ds else None,
-                    ckpt_path=str(last) if resume and last.exists() else None)
+                    ckpt_path=ckpt_path)
     if trainer.global_rank == 0 and trainer.current_epoch >= s.epochs:  # not when stopped early
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         (out / "done.json").write_text(json.dumps({"seconds": time.time() - t0, "epochs": s.epochs,

@@ -23,10 +23,9 @@ from ..data.datasets import UnlabeledSlices
 from ..data.labels import NUM_CLASSES
 from ..data.slices import SliceCache
 from ..data.splits import load_split, pretraining_subjects
-from ..errors import ConfigError
 from ..models import build_model
 from ..ssp import SSP_METHODS, build_method
-from .engine import build_trainer, kept_metrics
+from .engine import build_trainer, kept_metrics, resume_point
 from .sampling import SeededItems, SeededSampler, worker_threads
 
 
@@ -109,11 +108,7 @@ def pretrain(cfg: PretrainConfig, cache: str | Path, out: str | Path, split: str
     """Pretrain on every frame of the split's training + unlabeled subjects (all cache subjects
     when no split is given); labels are never read."""
     out = Path(out)
-    last = out / "checkpoints" / "last.ckpt"
-    if (out / "pretrained.pt").exists() and not resume:
-        raise ConfigError(f"{out} holds a finished pretraining run; choose another --out")
-    if last.exists() and not resume:
-        raise ConfigError(f"{out} holds an unfinished run; pass --resume to continue it or choose another --out")
+    ckpt_path = resume_point(out, resume, "pretrained.pt")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     sc = SliceCache(cache)
     if split is not None:
@@ -141,7 +136,7 @@ def pretrain(cfg: PretrainConfig, cache: str | Path, out: str | Path, split: str
                         pin_memory=torch.cuda.is_available())
     t0 = time.time()
     with kept_metrics(out, resume):
-        trainer.fit(module, loader, ckpt_path=str(last) if resume and last.exists() else None)
+        trainer.fit(module, loader, ckpt_path=ckpt_path)
     if trainer.global_rank == 0 and trainer.current_epoch >= s.epochs:  # not when stopped early
         tmp = out / "pretrained.pt.tmp"
         torch.save(module.pretrained_record(), tmp)
