@@ -23,13 +23,19 @@ C = TypeVar("C")
 
 @dataclass
 class ModelConfig:
+    """A registered model (``unet``, ``resnet_unet``, ``deeplabv3``; see ``models.build``). The geometry
+    fields below are the ``unet``'s (models whose factory does not take them ignore them); other
+    models' keywords go in ``options``, e.g. ``{depth: 50, decoder_channels: [256, 128, 64, 32, 16]}``."""
+
     name: str = "unet"
     n_stages: int = 7
     base_features: int = 32
     max_features: int = 512
     width: float = 1.0  # feature multiplier (0.5 = half width)
     norm: str = "instance"  # the paper's repo used "batch"
-    deep_supervision: bool = True
+    deep_supervision: bool = True  # ignored by models without it (deeplabv3)
+    options: dict = field(default_factory=dict)  # model-specific factory keywords
+    encoder_weights: str | None = None  # local file (e.g. a torchvision ResNet state dict) initialising the encoder
 
 
 @dataclass
@@ -39,6 +45,7 @@ class DataConfig:
     phases: list[str] = field(default_factory=lambda: ["ED", "ES"])
     batch_size: int = 32
     num_workers: int = 2
+    task: str = "cardiac"  # cardiac: LV, MYO, RV; lv: binary LV vs background (echo); see data/labels.py TASKS
 
 
 @dataclass
@@ -62,9 +69,10 @@ class ScheduleConfig:
 @dataclass
 class FinetuneConfig:
     init: str | None = None  # pretraining run folder or checkpoint
-    strategy: str = "all"  # all | frozen-encoder | warmup-frozen
+    strategy: str = "all"  # all | frozen-encoder | warmup-frozen | multitask (needs a `position` init run)
     warmup_frozen_epochs: int = 0
     lr: float = 0.005  # paper: fine-tuning lr
+    pretext_weight: float = 1.0  # multitask: loss = segmentation + pretext_weight * position pretext loss
 
 
 @dataclass
@@ -153,7 +161,8 @@ def resolve_preset(kind: str, preset: str | Path) -> Path:
     return path
 
 
-def load_config(cls: type[C], kind: str, preset: str | Path | None = None, overrides: list[str] | dict | None = None) -> C:
+def load_config(cls: type[C], kind: str, preset: str | Path | None = None,
+                overrides: list[str] | dict | None = None) -> C:
     """Dataclass defaults <- preset YAML <- overrides (``["optim.lr=0.1", ...]`` or a nested dict)."""
     data: dict = {}
     if preset is not None:

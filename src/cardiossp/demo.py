@@ -1,9 +1,11 @@
-"""``cardiossp demo``: the whole pipeline end to end on the built-in phantom (or your data).
+"""``cardiossp demo``: the whole pipeline end to end in minutes, on the built-in phantom or your data.
 
-prepare -> split -> pretrain MIM -> train from scratch and fine-tune from MIM at two label
-budgets -> evaluate on the test subjects -> a results table (``results.csv`` + printed).
-Sized to finish in minutes on 2 CPU cores; it shows the pipeline works, not what a
-method is worth (use ``cardiossp experiment`` presets for that).
+Runs the ``smoke`` experiment plan (prepare -> split -> pretrain MIM -> train from scratch and
+fine-tune from MIM at two label budgets, plus one run of each other study -> evaluate on the
+test subjects in native geometry -> results.csv, tables.md, plots) and draws prediction overlays
+of scratch vs MIM on a test subject. It shows the pipeline works, not what a method is worth
+(``cardiossp experiment acdc-cpu`` for that). With ``data`` the same studies run on a real
+dataset with the cpu presets.
 """
 
 from __future__ import annotations
@@ -11,61 +13,43 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import pandas as pd
-
-from .config import PretrainConfig, TrainConfig, load_config
-from .data.cache import prepare
-from .data.readers.phantom import write_phantom_config
 from .data.slices import SliceCache
-from .data.splits import make_split, save_split
-from .evaluate.run import evaluate_run
-from .train.fit import train_segmentation
-from .train.pretrain import pretrain
+from .data.splits import load_split
+from .experiments import load_plan, run_campaign, write_report
+from .experiments.execute import LocalExecutor
+from .experiments.overlays import overlay_figure
 
-DEMO_TRAIN = {"schedule.epochs": 8, "schedule.iters_per_epoch": 15, "schedule.val_every": 4}
-DEMO_PRETRAIN = {"method": "mim", "schedule.epochs": 4, "schedule.iters_per_epoch": 15}
+
+def demo_plan(data: str | Path | None, reader: str):
+    plan = load_plan("smoke")
+    if data is not None:  # a real dataset: the cpu presets on their grid, budgets 5 and 10
+        plan.data = [{"reader": reader, "path": str(data)}]
+        plan.cache = {"spacing": 1.6, "size": 160}
+        plan.split = {"seed": 0, "val": 0.1, "test": 0.2}
+        plan.pretrain = {"preset": "cpu", "seeds": [0]}
+        plan.train = {"preset": "cpu"}
+        plan.studies["label_budget"]["budgets"] = [5, 10]
+        for study in ("phase", "augmentation"):
+            plan.studies[study]["budget"] = 10
+        if plan.domains.get("key") == "vendor":
+            plan.studies.pop("domain")  # the user's data may have a single vendor
+    return plan
 
 
 def run_demo(out: str | Path, data: str | Path | None = None, reader: str = "phantom",
-             budgets: tuple[int, ...] = (2, 6), say: Callable[[str], None] = print) -> pd.DataFrame:
+             say: Callable[[str], None] = print) -> dict:
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if data is None:
-        data = out / "phantom"
-        write_phantom_config(data, n_subjects=14, n_unlabeled=2, size=64, n_slices=6, n_frames=6, seed=0)
-        spacing, size = 1.5, 64
-    else:
-        spacing, size = 1.6, 160  # the cpu presets' grid (see presets/train/cpu.yaml)
-    say(f"[1/5] prepare {reader}:{data} -> {out / 'cache'}")
-    cache = prepare([(reader, data)], out / "cache", spacing=spacing, size=size)
-    split = out / "split.yaml"
-    if not split.exists():
-        save_split(make_split(SliceCache(cache).subjects, seed=0, val=2, test=4, budgets=list(budgets)), split)
-    preset = "tiny" if reader == "phantom" else "cpu"
-    pre = out / "pretrain-mim"
-    if not (pre / "pretrained.pt").exists():
-        say("[2/5] pretrain MIM on every frame of the training + unlabeled subjects")
-        cfg = load_config(PretrainConfig, "pretrain", preset, DEMO_PRETRAIN if reader == "phantom" else {"method": "mim"})
-        pretrain(cfg, cache, pre, split=split, resume=(pre / "checkpoints" / "last.ckpt").exists(), progress=False)
-    rows = []
-    for budget in budgets:
-        for init in (None, pre):
-            name = f"{'mim' if init else 'scratch'}-n{budget}"
-            run = out / "runs" / name
-            if not (run / "done.json").exists():
-                say(f"[3/5] train {name}")
-                over = {**(DEMO_TRAIN if reader == "phantom" else {}), "labeled_subjects": budget}
-                if init:
-                    over["finetune.init"] = str(init)
-                cfg = load_config(TrainConfig, "train", preset, over)
-                train_segmentation(cfg, cache, split, run, resume=(run / "checkpoints" / "last.ckpt").exists(),
-                                   progress=False)
-            say(f"[4/5] evaluate {name} on the test subjects")
-            s = evaluate_run(run, split=split, subset="test")
-            o = s["overall"]
-            rows.append({"method": "MIM" if init else "scratch", "labeled_subjects": budget,
-                         **{k: o[k]["mean"] for k in ("dice_LV", "dice_MYO", "dice_RV", "dice_mean") if k in o}})
-    table = pd.DataFrame(rows)
-    table.to_csv(out / "results.csv", index=False)
-    say(f"[5/5] results in {out / 'results.csv'}")
-    return table
+    plan = demo_plan(data, reader)
+    rows = run_campaign(plan, out, executor=LocalExecutor(), say=say)
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        say(f"{len(failed)} run(s) failed: " + ", ".join(r["run"] for r in failed))
+    report = write_report(out)
+    split = load_split(out / "split.yaml")
+    budget = max(plan.studies["label_budget"]["budgets"])
+    runs = {f"{m} n={budget}": out / "runs" / f"{m}-n{budget}-s0" for m in ("scratch", "mim")}
+    runs = {k: v for k, v in runs.items() if (v / "done.json").is_file()}
+    report["overlays"] = []
+    if runs and split["test"]:
+        report["overlays"] = overlay_figure(SliceCache(out / "cache"), split["test"][0], runs, out / "plots")
+    return report

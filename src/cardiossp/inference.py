@@ -27,7 +27,7 @@ from scipy import ndimage
 from torch import nn
 
 from .config import TrainConfig, from_dict
-from .data.labels import NUM_CLASSES
+from .data.labels import NUM_CLASSES, task_num_classes
 from .data.preprocess import Geometry, _resize, _uncrop, image_to_slices, make_geometry, probs_to_native, zscore
 from .errors import CheckpointError, ConfigError, DataError
 
@@ -83,7 +83,7 @@ def cache_grid(cache: str | Path) -> tuple[float, int] | None:
 def _build(cfg: TrainConfig) -> nn.Module:
     from .train.segmentation import build_segmentation_model
 
-    return build_segmentation_model(cfg)
+    return build_segmentation_model(cfg, load_encoder_weights=False)  # the checkpoint holds every weight
 
 
 def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
@@ -106,7 +106,7 @@ def _load(path: str | Path) -> tuple[TrainConfig, dict[str, torch.Tensor], nn.Mo
     ckpt = resolve_checkpoint(path)
     try:
         obj = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as e:  # any failure to unpickle means: unreadable or unsafe file
+    except Exception as e:  # noqa: BLE001 - any failure to unpickle means: unreadable or unsafe file
         raise CheckpointError(f"{ckpt}: cannot read checkpoint (truncated, not a torch file, or not loadable "
                               f"with weights_only=True): {type(e).__name__}: {e}") from None
     hp = obj.get("hyper_parameters") if isinstance(obj, dict) else None
@@ -177,6 +177,7 @@ class Segmenter:
         self.spacing, self.size = float(spacing), int(size)
         self.tta, self.largest_component, self.batch_size, self.cfg = tta, largest_component, int(batch_size), cfg
         self.checkpoint: Path | None = None
+        self.num_classes = task_num_classes(cfg.data.task) if cfg is not None else NUM_CLASSES  # output channels
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", tta: bool = False,
@@ -234,7 +235,7 @@ class Segmenter:
                 p = self._softmax(b.flip(f)).flip(f) if f else self._softmax(b)
                 acc = p if acc is None else acc + p
             out.append((acc / len(flips))[:, :, :h, :w].cpu())
-        return torch.cat(out) if out else torch.zeros((0, NUM_CLASSES, h, w))
+        return torch.cat(out) if out else torch.zeros((0, self.num_classes, h, w))
 
     # -- whole volumes
     def _prepare(self, image, spacing, affine) -> tuple[np.ndarray, Geometry, bool]:
@@ -269,9 +270,9 @@ class Segmenter:
     def predict_probs(self, image: np.ndarray, spacing, affine=None, tta: bool | None = None) -> np.ndarray:
         """(X, Y, Z) or (X, Y, Z, T) image -> (T, C, X, Y, Z) float32 probabilities on the native grid."""
         slices, geom, _ = self._prepare(image, spacing, affine)
-        bg = torch.zeros(NUM_CLASSES)
+        bg = torch.zeros(self.num_classes)
         bg[0] = 1.0
-        out = np.zeros((slices.shape[0], NUM_CLASSES, *geom.native_shape), dtype=np.float32)
+        out = np.zeros((slices.shape[0], self.num_classes, *geom.native_shape), dtype=np.float32)
         for t, p in self._frame_probs(slices, tta):
             native = _resize(_uncrop(p, geom.offset, geom.resampled_shape, bg), geom.native_shape[:2])  # Z, C, X, Y
             out[t] = native.permute(1, 2, 3, 0).numpy()

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 from cardiossp.data.preprocess import (
-    infer_apex_first, labels_to_native, labels_to_slices, make_geometry, preprocess_subject, relative_positions,
+    infer_apex_first,
+    labels_to_native,
+    labels_to_slices,
+    make_geometry,
+    preprocess_subject,
+    relative_positions,
 )
 from cardiossp.data.readers import get_reader
 from cardiossp.data.subject import Subject

@@ -39,6 +39,8 @@ TINY_CFG = {
         "epochs": 4, "warmup_teacher_temp_epochs": 1,
     },
     "mim": {},
+    "position": {"hidden_dim": 32},
+    "byol": {"proj_hidden_dim": 32, "proj_output_dim": 16, "pred_hidden_dim": 32},
 }  # fmt: skip
 
 

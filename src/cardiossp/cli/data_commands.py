@@ -9,11 +9,14 @@ from typing import Optional
 import typer
 
 from ..errors import CardiosspError
-from .common import app, console, fail as _fail, print_table
+from .common import app, console, print_table
+from .common import fail as _fail
+
 
 @app.command()
 def prepare(
-    reader: list[str] = typer.Option(..., "--reader", "-r", help="reader name, once per --data (acdc, mnms, mnms2, nifti, phantom, sunnybrook)"),
+    reader: list[str] = typer.Option(..., "--reader", "-r", help="reader name, once per --data (acdc, camus, "
+                                     "echonet, mnms, mnms2, nifti, phantom, sunnybrook)"),
     data: list[Path] = typer.Option(..., "--data", "-d", help="dataset folder, once per --reader"),
     out: Path = typer.Option(..., "--out", "-o", help="cache folder to create or update"),
     spacing: float = typer.Option(1.25, help="in-plane target spacing, mm"),
@@ -68,13 +71,16 @@ def split(
     seed: int = typer.Option(0),
     val: float = typer.Option(0.15, help="fraction (<1) or number of labeled subjects for validation"),
     test: float = typer.Option(0.2, help="fraction (<1) or number of labeled subjects for testing"),
-    budgets: str = typer.Option("", help="comma-separated label budgets, e.g. 5,10,25"),
+    budgets: str = typer.Option("", help="comma-separated label budgets: patients (10), fractions of the training "
+                                         "patients (0.05 or 5%) or all, e.g. 0.05,10,all"),
     stratify: str = typer.Option("auto", help="vendor, pathology, dataset, none, or auto (vendor if several)"),
     vendor_groups: str = typer.Option("", help="named vendor groups, e.g. AB=A+B,CD=C+D"),
+    views: str = typer.Option("", help="views to split, e.g. 2CH,4CH (default: SA if present, else every view)"),
+    official: bool = typer.Option(False, help="keep the dataset's own train/val/test (EchoNet-Dynamic's Split)"),
 ) -> None:
     """Subject-level train/val/test split with nested label budgets and vendor subsets."""
     from ..data.slices import SliceCache
-    from ..data.splits import make_split, save_split
+    from ..data.splits import make_split, parse_budgets, save_split
 
     try:
         groups = {}
@@ -83,10 +89,11 @@ def split(
             groups[f"vendor_{name}"] = vendors.split("+")
         s = make_split(SliceCache(cache).subjects, seed=seed, val=val if val < 1 else int(val),
                        test=test if test < 1 else int(test),
-                       budgets=[int(b) for b in filter(None, budgets.split(","))], stratify=stratify,
-                       vendor_groups=groups)
+                       budgets=parse_budgets(budgets), stratify=stratify, vendor_groups=groups,
+                       views=[v.strip() for v in views.split(",") if v.strip()] or None, official=official)
         save_split(s, out)
     except (CardiosspError, ValueError) as e:
         _fail(e)
     console.print(f"wrote {out}: train {len(s['train'])}, val {len(s['val'])}, test {len(s['test'])}, "
-                  f"unlabeled {len(s['unlabeled'])}, budgets {sorted(s['budgets'])}")
+                  f"unlabeled {len(s['unlabeled'])}, budgets {sorted(s['budgets'])}"
+                  + "".join(f", {f:g} of the labels = budget {n}" for f, n in s["budget_fractions"].items()))

@@ -24,8 +24,11 @@ def train(
     phases: Optional[str] = typer.Option(None, help="labeled phases to train on: ED, ES or ED,ES"),
     seed: int = typer.Option(0),
     init: Optional[Path] = typer.Option(None, help="pretraining run (or pretrained.pt) to fine-tune from"),
-    strategy: str = typer.Option("all", help="fine-tuning: all | frozen-encoder | warmup-frozen"),
+    strategy: str = typer.Option("all", help="fine-tuning: all | frozen-encoder | warmup-frozen | multitask "
+                                 "(segmentation + position pretext loss; --init a position run)"),
     warmup_frozen_epochs: int = typer.Option(0, help="epochs with a frozen encoder for warmup-frozen"),
+    encoder_weights: Optional[Path] = typer.Option(None, help="local file initialising the encoder, e.g. a "
+                                                   "torchvision ResNet state dict for resnet_unet / deeplabv3"),
     resume: bool = typer.Option(False, help="continue an interrupted run from its last checkpoint"),
     devices: str = typer.Option("auto", help="devices per node (2+ runs DDP)"),
     logger: list[str] = typer.Option([], help="extra loggers: tensorboard, wandb, mlflow"),
@@ -39,6 +42,8 @@ def train(
             "finetune.strategy": strategy, "finetune.warmup_frozen_epochs": warmup_frozen_epochs}
     if init is not None:
         over["finetune.init"] = str(init)
+    if encoder_weights is not None:
+        over["model.encoder_weights"] = str(encoder_weights.resolve())
     if phases:
         over["data.phases"] = [p.strip() for p in phases.split(",")]
     try:
@@ -54,7 +59,7 @@ app.command("finetune", help="Alias of train: fine-tune from a pretraining run (
 
 @app.command()
 def pretrain(
-    method: str = typer.Option(..., help="simclr | pcl | dino | mim"),
+    method: str = typer.Option(..., help="simclr | pcl | dino | mim | position | byol"),
     cache: Path = typer.Option(..., help="cache folder"),
     out: Path = typer.Option(..., help="run folder to create"),
     split: Optional[Path] = typer.Option(None, help="split file: pretrain on train + unlabeled subjects only"),
@@ -108,10 +113,10 @@ def predict(
     largest_component: bool = typer.Option(False, help="keep the largest connected component per class"),
 ) -> None:
     """Segment new images; outputs keep each input's shape and affine (labels 1 LV, 2 MYO, 3 RV)."""
+    from rich.progress import Progress
+
     from ..inference import Segmenter
     from ..predict import predict_files
-
-    from rich.progress import Progress
 
     try:
         seg = Segmenter.from_checkpoint(model, tta=tta)
@@ -159,54 +164,25 @@ def _parse(items: list[str]) -> dict:
     return out
 
 
-
-@app.command()
-def demo(
-    out: Path = typer.Option(Path("cardiossp-demo"), help="folder for everything the demo makes"),
-    data: Optional[Path] = typer.Option(None, help="your dataset folder (default: the built-in phantom)"),
-    reader: str = typer.Option("phantom", help="reader for --data (acdc, mnms, mnms2, nifti, ...)"),
-) -> None:
-    """The whole pipeline on the built-in phantom: prepare, pretrain MIM, train and fine-tune, evaluate, table."""
-    from ..demo import run_demo
-
-    try:
-        table = run_demo(out, data=data, reader=reader if data else "phantom", say=console.print)
-    except CardiosspError as e:
-        fail(e)
-    print_table(table, title="test-set 3D Dice (mean over subjects and ED/ES)")
-
-
 @app.command()
 def bench(
-    kind: str = typer.Argument("supervised", help="supervised | ssp"),
     data: Path = typer.Option(..., help="dataset folder, e.g. ../shared/data/acdc"),
     out: Path = typer.Option(Path("bench-out"), help="output folder (cache, split, run, bench.md)"),
     reader: str = typer.Option("acdc"),
     preset: str = typer.Option("cpu"),
     seed: int = typer.Option(0),
-    methods: str = typer.Option("mim,pcl", help="ssp: methods to pretrain"),
-    budget: int = typer.Option(5, help="ssp: labeled subjects for fine-tuning"),
-    seeds: str = typer.Option("0,1", help="ssp: fine-tuning seeds"),
     spacing: float = typer.Option(1.6, help="cache in-plane spacing (mm)"),
     size: int = typer.Option(160, help="cache slice size (px)"),
-    set_: list[str] = typer.Option([], "--set", help=OVERRIDE_HELP + " (fine-tuning/training)"),
-    pretrain_set: list[str] = typer.Option([], "--pretrain-set", help="ssp: override a pretraining value"),
+    set_: list[str] = typer.Option([], "--set", help=OVERRIDE_HELP),
 ) -> None:
-    """Real-data benchmarks: `supervised` (train a preset, test Dice, HD95, LVEF, time, memory) or
-    `ssp` (pretrain methods, fine-tune on few labels vs scratch, seeds)."""
-    from ..bench import bench_ssp, bench_supervised
+    """Supervised benchmark: train a preset on a fixed split, report test Dice, HD95, LVEF error, time, memory.
+
+    Pretraining comparisons are experiment plans: `cardiossp experiment acdc-cpu --studies label_budget`."""
+    from ..bench import bench_supervised
 
     try:
-        if kind == "supervised":
-            bench_supervised(data, out, reader=reader, preset=preset, seed=seed, overrides=_parse(set_),
-                             spacing=spacing, size=size)
-            console.print((out / "bench.md").read_text())
-        elif kind == "ssp":
-            bench_ssp(data, out, methods=tuple(methods.split(",")), budget=budget,
-                      seeds=tuple(int(s) for s in seeds.split(",")), reader=reader,
-                      pretrain_over=_parse(pretrain_set), train_over=_parse(set_), spacing=spacing, size=size)
-            console.print((out / "bench_ssp.md").read_text())
-        else:
-            fail(CardiosspError(f"unknown benchmark {kind!r}; supervised or ssp"))
+        bench_supervised(data, out, reader=reader, preset=preset, seed=seed, overrides=_parse(set_),
+                         spacing=spacing, size=size)
     except CardiosspError as e:
         fail(e)
+    console.print((out / "bench.md").read_text())

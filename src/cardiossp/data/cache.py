@@ -88,10 +88,12 @@ def write_subject(out: Path, subject: Subject, reader: str, fingerprint: str, sp
     pre = preprocess_subject(subject, spacing, size)
     _save_npy_atomic(folder / "image.npy", pre.image.astype(np.float16))
     label_frames = sorted(pre.labels)
-    labels = np.stack([pre.labels[t] for t in label_frames]) if label_frames else np.zeros((0, subject.n_slices, size, size), np.uint8)
+    labels = (np.stack([pre.labels[t] for t in label_frames]) if label_frames
+              else np.zeros((0, subject.n_slices, size, size), np.uint8))
     _save_npy_atomic(folder / "labels.npy", labels)
     # Native-grid labels (L, X, Y, Z): metrics are computed against these, not the resampled ones.
-    native = np.stack([subject.labels[t] for t in label_frames]) if label_frames else np.zeros((0, *subject.image.shape[:3]), np.uint8)
+    native = (np.stack([subject.labels[t] for t in label_frames]) if label_frames
+              else np.zeros((0, *subject.image.shape[:3]), np.uint8))
     _save_npy_atomic(folder / "native_labels.npy", native.astype(np.uint8))
     meta = {
         "key": key, "subject_id": subject.subject_id, "dataset": subject.dataset, "reader": reader,
@@ -198,7 +200,10 @@ def _write_tables(out: Path, metas: dict[str, dict]) -> None:
         "n_slices": m["n_slices"], "labeled_frames": len(m["label_frames"]),
         "spacing_x": m["geometry"]["spacing"][0], "spacing_y": m["geometry"]["spacing"][1],
         "spacing_z": m["geometry"]["spacing"][2],
+        # splits keep a patient's subjects together (CAMUS: 2CH + 4CH) and can follow a dataset's own split
+        "patient": m["extra"].get("patient"), "official_split": m["extra"].get("official_split"),
     } for _, m in sorted(metas.items())])
+    subj = subj.drop(columns=[c for c in ("patient", "official_split") if c in subj and subj[c].isna().all()])
     tmp = out / "subjects.csv.tmp"
     subj.to_csv(tmp, index=False)
     os.replace(tmp, out / "subjects.csv")

@@ -2,7 +2,13 @@
 
 ``LabeledSlices``: 2D slices of labeled frames (ED / ES) of the given subjects, for
 supervised training and validation. ``UnlabeledSlices``: every 2D slice of every frame,
-labels never read, for pretraining (carries the relative slice position PCL needs).
+labels never read, for pretraining.
+
+Both carry per-slice targets that come from the acquisition geometry alone (PCL and the
+anatomical position pretext of Bai et al. 2019 need them; labels are never involved):
+``position`` (relative slice position base 0 -> apex 1), ``view`` ("SA", "LA") and
+``plane_normal`` (unit normal of the slice plane in the world frame of the file's affine,
+see :func:`plane_normal`; NaN when the affine holds no scanner orientation).
 
 Each item is a dict; ``transform`` receives ``{"image": (1, S, S) float32 tensor,
 "segmentation": (1, S, S) int64 tensor}`` (no segmentation for unlabeled slices) and
@@ -21,7 +27,39 @@ from ..errors import DataError
 from .slices import SliceCache
 
 
-class LabeledSlices(Dataset):
+def plane_normal(geometry: dict) -> np.ndarray:
+    """Unit normal (3,) of the slice plane in world coordinates: the direction cosines of the
+    slice axis, i.e. the affine's third column over its length (sign = file order; n and -n
+    are the same plane). NaN when the affine holds no scanner orientation, which shows as
+    in-plane column lengths that differ from the voxel spacing (ACDC's files: a +-identity
+    affine with 1.56 mm pixels); the slice column is not checked, single-slice long-axis
+    files often give it length 1."""
+    affine = np.asarray(geometry["affine"], dtype=np.float64)[:3, :3]
+    lengths = np.linalg.norm(affine, axis=0)
+    spacing = np.asarray(geometry["spacing"], dtype=np.float64)[:2]
+    if lengths[2] == 0 or not np.allclose(lengths[:2], spacing, rtol=0.01, atol=1e-3):
+        return np.full(3, np.nan, dtype=np.float32)
+    return (affine[:, 2] / lengths[2]).astype(np.float32)
+
+
+class GeometryTargets:
+    """Per-slice geometry targets of the manifest ``rows`` (position, view, plane normal)."""
+
+    def _init_targets(self, cache: SliceCache, rows) -> None:
+        self.position = rows["position"].to_numpy(dtype=np.float32)
+        views = rows["view"].fillna("SA") if "view" in rows else None
+        self.view = views.astype(str).to_numpy() if views is not None else np.full(len(rows), "SA", dtype=object)
+        self._normals: dict[str, torch.Tensor] = {}
+
+    def geometry_targets(self, i: int) -> dict:
+        s = self.subject[i]
+        if s not in self._normals:
+            self._normals[s] = torch.from_numpy(plane_normal(self.cache.meta(s)["geometry"]))
+        return {"position": torch.tensor(float(self.position[i])), "view": str(self.view[i]),
+                "plane_normal": self._normals[s]}
+
+
+class LabeledSlices(GeometryTargets, Dataset):
     def __init__(
         self,
         cache: SliceCache,
@@ -39,6 +77,7 @@ class LabeledSlices(Dataset):
         self.slice = rows["slice"].to_numpy()
         self.label_index = rows["label_index"].to_numpy()
         self.phase = rows["phase"].to_numpy()
+        self._init_targets(cache, rows)
 
     def __len__(self) -> int:
         return len(self.subject)
@@ -51,10 +90,11 @@ class LabeledSlices(Dataset):
         if self.transform is not None:
             item = self.transform(item)
         item["subject"] = s
+        item.update(self.geometry_targets(i))
         return item
 
 
-class UnlabeledSlices(Dataset):
+class UnlabeledSlices(GeometryTargets, Dataset):
     def __init__(self, cache: SliceCache, subjects: Sequence[str], transform: Callable[[dict], dict] | None = None):
         self.cache = cache
         self.transform = transform
@@ -64,7 +104,7 @@ class UnlabeledSlices(Dataset):
         self.subject = rows["subject"].to_numpy()
         self.frame = rows["frame"].to_numpy()
         self.slice = rows["slice"].to_numpy()
-        self.position = rows["position"].to_numpy(dtype=np.float32)
+        self._init_targets(cache, rows)
 
     def __len__(self) -> int:
         return len(self.subject)
@@ -72,7 +112,7 @@ class UnlabeledSlices(Dataset):
     def __getitem__(self, i: int) -> dict:
         s = self.subject[i]
         image = torch.from_numpy(self.cache.image(s, int(self.frame[i]), int(self.slice[i])))[None]
-        item = {"image": image, "position": torch.tensor(float(self.position[i])), "subject": s}
+        item = {"image": image, **self.geometry_targets(i), "subject": s}
         if self.transform is not None:
             out = self.transform(item)
             out.setdefault("position", item["position"])

@@ -14,6 +14,18 @@ A split file::
 
 Pretraining uses ``train + unlabeled`` (never val or test). Budgets are nested (the 10
 subjects of budget 10 contain the 5 of budget 5) so that a larger budget only adds labels.
+
+Budgets are given as a number of training patients (``10``), a fraction of them (``0.05`` or
+``5%``: "fine-tuned on 5% of the labels", seed 004) or ``all``. A fraction resolves to
+``max(1, round(f x n_train))`` patients when the split is made and is stored both as that
+integer budget and in ``budget_fractions: {0.05: N}``, so every budget stays nested.
+
+Units are patients: subjects sharing a ``patient`` (subjects table column, e.g. CAMUS's 2CH
+and 4CH sequences of one patient) always land in the same part and budget; without that
+column each subject is its own patient. Views: by default short-axis (``SA``) subjects are
+split and other views go to ``other_views``; a cache without SA subjects (echo: 2CH, 4CH)
+splits all its views. ``official=True`` keeps a dataset's own train/val/test assignment
+(``official_split`` column, EchoNet-Dynamic's ``Split``).
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ def _strata(subjects: pd.DataFrame, stratify: str) -> pd.Series:
         return pd.Series("all", index=subjects.index)
     if stratify not in subjects:
         raise ConfigError(f"cannot stratify by {stratify!r}; choose vendor, pathology, dataset or none")
-    return subjects[stratify].fillna("unknown").astype(str)
+    return subjects[stratify].astype(object).fillna("unknown").astype(str)
 
 
 def stratified_order(ids: list[str], strata: list[str], rng: np.random.Generator) -> list[str]:
@@ -53,53 +65,135 @@ def stratified_order(ids: list[str], strata: list[str], rng: np.random.Generator
     return [str(item) for _, _, item in keyed][:n]
 
 
+def parse_budget(value) -> int | float | str:
+    """``10`` -> 10 patients; ``0.05`` / ``"5%"`` -> the fraction 0.05; ``"all"`` -> ``"all"``."""
+    text = str(value).strip().lower()
+    try:
+        if text == "all":
+            return "all"
+        number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise ConfigError(f"label budget {value!r} is not a number, a fraction, a percentage or 'all'") from None
+    if number >= 1 and number == int(number) and not text.endswith("%"):
+        return int(number)
+    if not 0 < number <= 1:
+        raise ConfigError(f"label budget {value!r}: give a fraction in (0, 1), a percentage, or a whole number >= 1")
+    return number
+
+
+def parse_budgets(text: str) -> list[int | float | str]:
+    """Comma-separated budgets, e.g. ``"0.05,10,all"`` (CLI ``--budgets``)."""
+    return [parse_budget(b) for b in text.split(",") if b.strip()]
+
+
+def budget_size(budget, n_train: int) -> int:
+    """Patients in ``budget`` (a count, a fraction of ``n_train``, or ``all``)."""
+    b = parse_budget(budget)
+    if b == "all":
+        return n_train
+    if isinstance(b, float):
+        return max(1, int(np.floor(b * n_train + 0.5)))
+    return b
+
+
+def _groups(labeled: pd.DataFrame) -> pd.Series:
+    """Patient of each labeled subject (``dataset:patient``), or the subject itself."""
+    if "patient" not in labeled:
+        return labeled["subject"].astype(str)
+    patient = labeled["patient"].where(labeled["patient"].notna(), labeled["subject"]).astype(str)
+    dataset = labeled["dataset"].astype(str) if "dataset" in labeled else ""
+    return dataset + ":" + patient
+
+
 def make_split(
     subjects: pd.DataFrame,
     seed: int = 0,
-    val: float | int = 0.15,
-    test: float | int = 0.2,
-    budgets: list[int] | None = None,
+    val: float = 0.15,
+    test: float = 0.2,
+    budgets: list[int | float | str] | None = None,
     stratify: str = "auto",
     vendor_groups: dict[str, list[str]] | None = None,
+    views: list[str] | None = None,
+    official: bool = False,
 ) -> dict:
-    """Split the subjects table of a cache (``SliceCache.subjects``) into train / val / test."""
-    views = subjects["view"].fillna("SA") if "view" in subjects else pd.Series("SA", index=subjects.index)
-    short_axis = (views == "SA").to_numpy()
-    labeled = subjects[short_axis & (subjects["labeled_frames"] > 0).to_numpy()].reset_index(drop=True)
-    unlabeled = subjects[short_axis & (subjects["labeled_frames"] == 0).to_numpy()]["subject"].tolist()
-    other_views = subjects[~short_axis]["subject"].tolist()
-    n = len(labeled)
-    n_test = int(round(test * n)) if isinstance(test, float) and test < 1 else int(test)
-    n_val = int(round(val * n)) if isinstance(val, float) and val < 1 else int(val)
-    if n_test + n_val >= n:
-        raise ConfigError(f"{n} labeled subjects cannot give {n_val} val + {n_test} test and leave any for training")
+    """Split the subjects table of a cache (``SliceCache.subjects``) into train / val / test (by patient)."""
+    subj_views = subjects["view"].fillna("SA") if "view" in subjects else pd.Series("SA", index=subjects.index)
+    if views is None:
+        views = ["SA"] if (subj_views == "SA").any() else sorted(subj_views.unique())
+    in_views = subj_views.isin(list(views)).to_numpy()
+    labeled = subjects[in_views & (subjects["labeled_frames"] > 0).to_numpy()].reset_index(drop=True)
+    unlabeled = subjects[in_views & (subjects["labeled_frames"] == 0).to_numpy()]["subject"].tolist()
+    other_views = subjects[~in_views]["subject"].tolist()
+    group = _groups(labeled)
+    members: dict[str, list[str]] = {}
+    for g, sid in zip(group, labeled["subject"]):
+        members.setdefault(g, []).append(str(sid))
+    is_first = ~group.duplicated()
+    first = labeled[is_first.to_numpy()].set_index(group[is_first].to_numpy())  # one row per patient
+    ids = list(members)  # patients, in table order
+    n = len(ids)
     rng = np.random.default_rng(seed)
     if stratify == "auto":
         stratify = "vendor" if labeled["vendor"].nunique() > 1 else "pathology"
-    strata = _strata(labeled, stratify)
-    order = stratified_order(labeled["subject"].tolist(), strata.tolist(), rng)
-    test_ids, val_ids, train_ids = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
-    strat_of = dict(zip(labeled["subject"], strata))
+    strata = _strata(first, stratify)
+    strat_of = dict(zip(ids, strata))
+    if official:
+        test_ids, val_ids, train_ids = _official_parts(first)
+    else:
+        n_test = round(test * n) if isinstance(test, float) and test < 1 else int(test)
+        n_val = round(val * n) if isinstance(val, float) and val < 1 else int(val)
+        if n_test + n_val >= n:
+            raise ConfigError(
+                f"{n} labeled patients cannot give {n_val} val + {n_test} test and leave any for training"
+            )
+        order = stratified_order(ids, strata.tolist(), rng)
+        test_ids, val_ids, train_ids = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
     train_order = stratified_order(train_ids, [strat_of[i] for i in train_ids], rng)
+
+    def expand(groups) -> list[str]:
+        return sorted(s for g in groups for s in members[g])
+
     out = {
         "seed": seed,
         "stratify": stratify,
-        "train": sorted(train_ids),
-        "val": sorted(val_ids),
-        "test": sorted(test_ids),
+        "views": list(views),
+        "train": expand(train_ids),
+        "val": expand(val_ids),
+        "test": expand(test_ids),
         "unlabeled": sorted(unlabeled),
-        "other_views": sorted(other_views),  # long-axis etc.: kept out of short-axis training and testing
+        "other_views": sorted(other_views),  # views not split (e.g. long axis next to short axis)
         "budgets": {},
+        "budget_fractions": {},
         "subsets": {},
     }
-    for b in sorted(budgets or []):
-        if b > len(train_ids):
-            raise ConfigError(f"label budget {b} exceeds the {len(train_ids)} training subjects")
-        out["budgets"][int(b)] = sorted(train_order[:b])
+    for b in budgets or []:
+        size = budget_size(b, len(train_ids))
+        if size > len(train_ids):
+            raise ConfigError(f"label budget {b} exceeds the {len(train_ids)} training patients")
+        out["budgets"][size] = expand(train_order[:size])
+        if isinstance(parse_budget(b), float):
+            out["budget_fractions"][float(parse_budget(b))] = size
+    out["budgets"] = dict(sorted(out["budgets"].items()))
     vendor_of = dict(zip(labeled["subject"], labeled["vendor"].fillna("unknown").astype(str)))
+    train_subjects = out["train"]
     for name, vendors in (vendor_groups or {}).items():
-        out["subsets"][name] = sorted(i for i in train_ids if vendor_of[i] in vendors)
+        out["subsets"][name] = sorted(i for i in train_subjects if vendor_of[i] in vendors)
     return out
+
+
+def _official_parts(first: pd.DataFrame) -> tuple[list[str], list[str], list[str]]:
+    """(test, val, train) patients from the ``official_split`` column (train / val / test)."""
+    if "official_split" not in first or first["official_split"].isna().any():
+        raise ConfigError(
+            "official=True needs an official_split (train / val / test) for every labeled subject; "
+            "this cache has none for some (only EchoNet-Dynamic ships one)"
+        )
+    part = first["official_split"].astype(str).str.lower()
+    unknown = sorted(set(part) - {"train", "val", "test"})
+    if unknown:
+        raise ConfigError(f"official_split values {unknown} are not train / val / test")
+    parts = {name: [i for i, p in zip(first.index, part) if p == name] for name in ("train", "val", "test")}
+    return parts["test"], parts["val"], parts["train"]
 
 
 def save_split(split: dict, path: str | Path) -> Path:
@@ -126,25 +220,34 @@ def load_split(path: str | Path) -> dict:
     split.setdefault("other_views", [])
     split.setdefault("budgets", {})
     split.setdefault("subsets", {})
+    split.setdefault("budget_fractions", {})
     split["budgets"] = {int(k): v for k, v in split["budgets"].items()}
+    split["budget_fractions"] = {float(k): int(v) for k, v in split["budget_fractions"].items()}
     return split
 
 
-def training_subjects(split: dict, budget: int | None = None, subset: str | None = None) -> list[str]:
-    """Labeled training subjects for a budget (N subjects) and/or a named subset."""
+def training_subjects(split: dict, budget: float | str | None = None, subset: str | None = None) -> list[str]:
+    """Labeled training subjects for a budget (N patients, a fraction such as 0.05 / "5%", or "all")
+    and/or a named subset. A fraction the split was made with reads its stored budget."""
     ids = split["train"]
     if subset is not None:
         if subset not in split["subsets"]:
             raise ConfigError(f"split has no subset {subset!r}; it has {sorted(split['subsets'])}")
         ids = split["subsets"][subset]
-    if budget is not None:
-        if budget in split["budgets"] and subset is None:
-            return split["budgets"][budget]
-        if budget > len(ids):
-            raise ConfigError(f"label budget {budget} exceeds the {len(ids)} available training subjects")
-        rng = np.random.default_rng(split.get("seed", 0))
-        return sorted(rng.permutation(ids)[:budget].tolist())
-    return list(ids)
+    if budget is None:
+        return list(ids)
+    b = parse_budget(budget)
+    if b == "all":
+        return list(ids)
+    if isinstance(b, float) and subset is None and b in split.get("budget_fractions", {}):
+        b = split["budget_fractions"][b]
+    if b in split["budgets"] and subset is None:
+        return split["budgets"][b]
+    n = budget_size(b, len(ids))
+    if n > len(ids):
+        raise ConfigError(f"label budget {budget} exceeds the {len(ids)} available training subjects")
+    rng = np.random.default_rng(split.get("seed", 0))
+    return sorted(rng.permutation(ids)[:n].tolist())
 
 
 def pretraining_subjects(split: dict) -> list[str]:

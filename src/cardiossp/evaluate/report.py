@@ -46,6 +46,9 @@ def clinical_table(summary: dict) -> str:
     """Markdown table: index, n, mean ground truth, MAE, bias, std of the error."""
     rows = []
     for k, s in summary.get("clinical", {}).items():
-        f = (lambda v: "–" if v is None else f"{v:.2f}")
-        rows.append([k, str(s["n"]), f(s["gt_mean"]), f(s["mae"]), f(s["bias"]), f(s["std_error"])])
+        rows.append([k, str(s["n"]), _fmt(s["gt_mean"]), _fmt(s["mae"]), _fmt(s["bias"]), _fmt(s["std_error"])])
     return _table(["index", "n", "mean (GT)", "MAE", "bias", "std error"], rows)
+
+
+def _fmt(v) -> str:
+    return "–" if v is None else f"{v:.2f}"

@@ -25,7 +25,7 @@ from typing import Callable
 
 import pandas as pd
 
-from ..data.labels import DATASET_LABEL_MAPS
+from ..data.labels import DATASET_LABEL_MAPS, task_classes, task_to_internal, to_task
 from ..data.slices import SliceCache
 from ..data.splits import load_split
 from ..errors import ConfigError
@@ -55,6 +55,11 @@ def dataset_classes(dataset: str) -> tuple[int, ...]:
     return tuple(sorted(set(m.values()) - {0})) if m else (1, 2, 3)
 
 
+def segmenter_task(seg: Segmenter) -> str:
+    """The label task (``data.task``) the segmenter's network was trained for; ``cardiac`` if unknown."""
+    return getattr(getattr(getattr(seg, "cfg", None), "data", None), "task", "cardiac")
+
+
 def _phase(meta: dict, t: int) -> str:
     return "ED" if t == meta["ed_frame"] else "ES" if t == meta["es_frame"] else f"t{t}"
 
@@ -67,7 +72,11 @@ def evaluate_subject(seg: Segmenter, cache: SliceCache, subject: str, tta: bool 
     spacing = cache.geometry(subject).spacing
     gts = cache.native_labels(subject)
     preds = seg.predict_cached(cache, subject, sorted(gts), tta=tta, largest_component=largest_component)
-    classes = dataset_classes(meta["dataset"])
+    task = segmenter_task(seg)
+    classes = tuple(c for c in dataset_classes(meta["dataset"]) if c in task_classes(task))
+    if task != "cardiac":  # both maps in internal labels, classes outside the task are background
+        gts = {t: task_to_internal(to_task(g, task), task) for t, g in gts.items()}
+        preds = {t: task_to_internal(p, task) for t, p in preds.items()}
     rows = [{**info, "phase": _phase(meta, t), "frame": t, **evaluate_case(preds[t], gts[t], spacing, classes)}
             for t in sorted(gts)]
     ed, es = meta["ed_frame"], meta["es_frame"]

@@ -7,9 +7,8 @@ import contextlib
 import time
 from pathlib import Path
 
-import pandas as pd
-
 import lightning as L
+import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger

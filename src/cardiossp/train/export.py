@@ -16,14 +16,19 @@ import torch
 
 from ..config import ModelConfig, TrainConfig, from_dict
 from ..data.labels import NUM_CLASSES
-from ..errors import CheckpointError
-from ..models import build_model
+from ..errors import CheckpointError, ConfigError
+from ..models import build_from_config
 
 
-def _network(m: ModelConfig) -> torch.nn.Module:
-    return build_model(m.name, in_channels=1, num_classes=NUM_CLASSES, n_stages=m.n_stages,
-                       base_features=m.base_features, max_features=m.max_features, width=m.width, norm=m.norm,
-                       deep_supervision=True)
+def _require_unet(m: ModelConfig, run: Path) -> None:
+    if m.name != "unet":
+        raise ConfigError(f"{run}: its model is {m.name!r}; only 'unet' (nnU-Net's PlainConvUNet) can be exported "
+                          "to nnU-Net")
+
+
+def _network(m: ModelConfig, run: Path) -> torch.nn.Module:
+    _require_unet(m, run)
+    return build_from_config(m, NUM_CLASSES, deep_supervision=True, load_encoder_weights=False)
 
 
 def exportable_state(run: str | Path) -> dict[str, torch.Tensor]:
@@ -33,7 +38,7 @@ def exportable_state(run: str | Path) -> dict[str, torch.Tensor]:
         from .transfer import load_pretrained
 
         record = load_pretrained(run)
-        net = _network(from_dict(ModelConfig, record["model"], "model"))
+        net = _network(from_dict(ModelConfig, record["model"], "model"), run)
         state = net.state_dict()
         state.update({k: v for k, v in record["state_dict"].items() if k in state})
         return state
@@ -42,6 +47,7 @@ def exportable_state(run: str | Path) -> dict[str, torch.Tensor]:
     cfg, state = load_checkpoint(run)
     if not isinstance(cfg, TrainConfig):
         raise CheckpointError(f"{run}: not a segmentation run")
+    _require_unet(cfg.model, run)
     return state
 
 

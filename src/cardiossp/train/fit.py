@@ -87,8 +87,11 @@ def train_segmentation(
                     ckpt_path=ckpt_path)
     if trainer.global_rank == 0 and trainer.current_epoch >= s.epochs:  # not when stopped early
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        (out / "done.json").write_text(json.dumps({"seconds": time.time() - t0, "epochs": s.epochs,
-                                                   "steps": trainer.global_step, "metrics": metrics}, indent=2))
+        done = {"seconds": time.time() - t0, "epochs": s.epochs, "steps": trainer.global_step,
+                "train_subjects": len(train_ids), "metrics": metrics}
+        tmp = out / "done.json.tmp"
+        tmp.write_text(json.dumps(done, indent=2))
+        tmp.replace(out / "done.json")
     return out
 
 

@@ -23,7 +23,7 @@ from ..data.datasets import UnlabeledSlices
 from ..data.labels import NUM_CLASSES
 from ..data.slices import SliceCache
 from ..data.splits import load_split, pretraining_subjects
-from ..models import build_model
+from ..models import build_from_config
 from ..ssp import SSP_METHODS, build_method
 from .engine import build_trainer, kept_metrics, resume_point
 from .sampling import SeededItems, SeededSampler, worker_threads
@@ -45,10 +45,8 @@ class PretrainModule(L.LightningModule):
         self.cfg = from_dict(PretrainConfig, cfg_dict, "pretrain") if isinstance(cfg, dict) else cfg
         m = self.cfg.model
 
-        def backbone(num_classes: int, deep_supervision: bool):
-            return build_model(m.name, in_channels=1, num_classes=num_classes, n_stages=m.n_stages,
-                               base_features=m.base_features, max_features=m.max_features, width=m.width,
-                               norm=m.norm, deep_supervision=deep_supervision)
+        def backbone(num_classes: int, deep_supervision: bool):  # any registered model (+ model.encoder_weights)
+            return build_from_config(m, num_classes, deep_supervision)
 
         options = {"input_size": self.cfg.data.input_size, "augment": self.cfg.data.augment, **self.cfg.method_options}
         if self.cfg.method == "dino":
@@ -72,7 +70,8 @@ class PretrainModule(L.LightningModule):
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=_batch_size(batch))
         self.log_dict({f"train_{k}": float(v) for k, v in out.items() if k != "loss"}, on_step=False, on_epoch=True,
                       batch_size=_batch_size(batch))
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, batch_size=_batch_size(batch))
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True,
+                 batch_size=_batch_size(batch))
         return loss
 
     def on_after_backward(self) -> None:
@@ -91,9 +90,12 @@ class PretrainModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def pretrained_record(self) -> dict:
-        return {"format": "cardiossp-pretrained-1", "method": self.cfg.method, "transfers": self.method.transfers,
-                "model": to_dict(self.cfg.model), "num_classes": NUM_CLASSES,
-                "state_dict": {k: v.detach().cpu() for k, v in self.method.transferable_state().items()}}
+        record = {"format": "cardiossp-pretrained-1", "method": self.cfg.method, "transfers": self.method.transfers,
+                  "model": to_dict(self.cfg.model), "num_classes": NUM_CLASSES,
+                  "state_dict": {k: v.detach().cpu() for k, v in self.method.transferable_state().items()}}
+        if hasattr(self.method, "pretext_record"):  # position: its head, for SSL+MultiTask fine-tuning
+            record["pretext"] = self.method.pretext_record()
+        return record
 
 
 def _batch_size(batch: dict) -> int:

@@ -15,16 +15,21 @@ import torch
 from torch import Tensor
 
 from ..config import TrainConfig, from_dict, to_dict
-from ..data.labels import CLASS_NAMES, NUM_CLASSES
-from ..models import build_model
+from ..data.labels import task_class_names, task_lut, task_num_classes
+from ..models import build_from_config, deep_supervision_scales
 from .losses import DeepSupervisionLoss, DiceCELoss
 
 
-def build_segmentation_model(cfg: TrainConfig) -> torch.nn.Module:
-    m = cfg.model
-    return build_model(m.name, in_channels=1, num_classes=NUM_CLASSES, n_stages=m.n_stages,
-                       base_features=m.base_features, max_features=m.max_features, width=m.width,
-                       norm=m.norm, deep_supervision=m.deep_supervision)
+def build_segmentation_model(cfg: TrainConfig, load_encoder_weights: bool = True) -> torch.nn.Module:
+    """The registered model ``cfg.model.name`` for the task's classes; ``cfg.model.encoder_weights`` is
+    loaded unless ``load_encoder_weights`` is False (restoring a checkpoint replaces every weight anyway)."""
+    return build_from_config(cfg.model, task_num_classes(cfg.data.task), load_encoder_weights=load_encoder_weights)
+
+
+def count_outputs(model: torch.nn.Module, deep_supervision: bool) -> int:
+    """Outputs the model produces in training: one per deep-supervision scale, or 1 (DS off or none)."""
+    scales = deep_supervision_scales(model) if deep_supervision else None
+    return len(scales) if scales else 1
 
 
 def poly_lr(step: int, total: int, power: float = 0.9) -> float:
@@ -39,18 +44,30 @@ class SegmentationModule(L.LightningModule):
         self.save_hyperparameters({"cfg": cfg_dict, "total_steps": total_steps, "lr": lr})
         self.cfg = from_dict(TrainConfig, cfg_dict, "train") if isinstance(cfg, dict) else cfg
         self.model = build_segmentation_model(self.cfg)
-        self.n_outputs = self.cfg.model.n_stages - 1 if self.cfg.model.deep_supervision else 1
+        # data.task: internal labels -> the task's classes (``lv``: MYO, RV -> background), applied to every batch
+        self.num_classes = task_num_classes(self.cfg.data.task)
+        self.class_names = task_class_names(self.cfg.data.task)
+        self.register_buffer("task_lut", torch.from_numpy(task_lut(self.cfg.data.task)).long(), persistent=False)
+        self.n_outputs = count_outputs(self.model, self.cfg.model.deep_supervision)
         self.loss = DeepSupervisionLoss(DiceCELoss(), self.n_outputs)
         self.total_steps = max(1, total_steps)
         self.lr = lr if lr is not None else self.cfg.optim.lr
         self._val_stats: Tensor | None = None
+        if self.cfg.finetune.strategy == "multitask":  # SSL+MultiTask: the position run's pretext head trains too
+            from .transfer import multitask_pretext
+
+            self.pretext = multitask_pretext(self.cfg.finetune, self.model)
 
     def forward(self, x: Tensor):
         return self.model(x)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        out = self.model(batch["image"])
-        terms = self.loss.terms(out, batch["segmentation"])
+        if hasattr(self, "pretext"):  # SSL+MultiTask (Bai et al. 2019): + pretext_weight * pretext loss
+            from .transfer import multitask_terms
+
+            terms = multitask_terms(self.model, self.pretext, self.loss, batch, self.cfg.finetune.pretext_weight)
+        else:
+            terms = self.loss.terms(self.model(batch["image"]), batch["segmentation"])
         loss = terms["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -64,8 +81,17 @@ class SegmentationModule(L.LightningModule):
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, batch_size=bs)
         return loss
 
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Map the internal labels of ``batch['segmentation']`` (one tensor or one per deep-supervision scale)
+        to the task's classes; nearest-neighbour downsampled targets commute with this per-pixel lookup."""
+        seg = batch.get("segmentation") if isinstance(batch, dict) else None
+        if seg is not None and self.cfg.data.task != "cardiac":
+            lut = self.task_lut.to(seg[0].device if isinstance(seg, (list, tuple)) else seg.device)
+            batch["segmentation"] = [lut[t] for t in seg] if isinstance(seg, (list, tuple)) else lut[seg]
+        return batch
+
     def on_validation_epoch_start(self) -> None:
-        self._val_stats = torch.zeros(3, NUM_CLASSES - 1, device=self.device, dtype=torch.float64)
+        self._val_stats = torch.zeros(3, self.num_classes - 1, device=self.device, dtype=torch.float64)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self.model(batch["image"])
@@ -73,7 +99,7 @@ class SegmentationModule(L.LightningModule):
         target = batch["segmentation"]
         target = (target[0] if isinstance(target, (list, tuple)) else target)[:, 0]
         pred = logits.argmax(1)
-        for c in range(1, NUM_CLASSES):
+        for c in range(1, self.num_classes):
             p, t = pred == c, target == c
             self._val_stats[0, c - 1] += (p & t).sum()
             self._val_stats[1, c - 1] += (p & ~t).sum()
@@ -85,8 +111,8 @@ class SegmentationModule(L.LightningModule):
             stats = self.all_gather(stats).sum(0)
         tp, fp, fn = stats
         dice = (2 * tp / (2 * tp + fp + fn).clamp(min=1)).float()
-        for c in range(1, NUM_CLASSES):
-            self.log(f"val_dice_{CLASS_NAMES[c]}", dice[c - 1], sync_dist=False)
+        for c in range(1, self.num_classes):
+            self.log(f"val_dice_{self.class_names[c]}", dice[c - 1], sync_dist=False)
         self.log("val_dice", dice.mean(), prog_bar=True, sync_dist=False)
 
     def configure_optimizers(self):

@@ -2,7 +2,13 @@
 
 Strategies (``FinetuneConfig.strategy``): ``all`` (SSL+All of Bai et al. 2019: every layer
 trains), ``frozen-encoder`` (SSL+Decoder: the pretrained encoder stays fixed),
-``warmup-frozen`` (encoder frozen for ``warmup_frozen_epochs`` epochs, then all train).
+``warmup-frozen`` (encoder frozen for ``warmup_frozen_epochs`` epochs, then all train),
+``multitask`` (SSL+MultiTask: all layers train on ``segmentation loss + pretext_weight *
+pretext loss``; the pretext head of a ``position`` pretraining run comes along and keeps
+training on the labeled batches, whose slices carry their geometry targets too; any other
+init method is a ConfigError, since only the position pretext has a loss on single labeled
+slices). The head is part of the training module only: checkpoints keep it as ``pretext.*``
+next to ``model.*``, and inference loads ``model.*`` alone.
 Loading is loud (DESIGN habit 5): it reports transferred, missing, unexpected and
 shape-mismatched keys, and fails when nothing transfers.
 """
@@ -10,6 +16,8 @@ shape-mismatched keys, and fails when nothing transfers.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,7 +29,8 @@ from ..errors import CheckpointError, ConfigError
 from ..models import group_parameters
 
 log = logging.getLogger("cardiossp")
-STRATEGIES = ("all", "frozen-encoder", "warmup-frozen")
+STRATEGIES = ("all", "frozen-encoder", "warmup-frozen", "multitask")
+MULTITASK_METHODS = ("position",)
 
 
 def load_pretrained(path: str | Path) -> dict:
@@ -106,3 +115,71 @@ class FreezeEncoder(Callback):
         if self._frozen_at(trainer.current_epoch):
             for p in self._encoder:
                 p.grad = None
+
+
+def pretext_head(record: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(options, state dict) of the pretext head a ``position`` run saved in its ``pretrained.pt``."""
+    head = record.get("pretext")
+    if not isinstance(head, dict) or "state_dict" not in head:
+        raise CheckpointError(f"{record['path']}: holds no pretext head (not a position pretraining run, or one "
+                              "made before heads were saved: pretrain it again)")
+    return head.get("options", {}), head["state_dict"]
+
+
+def multitask_pretext(ft: FinetuneConfig, model: nn.Module) -> nn.Module:
+    """SSL+MultiTask (Bai et al. 2019): the position pretext head of run ``ft.init`` with its
+    trained weights, sized for ``model``'s bottleneck."""
+    from ..models import bottleneck_dim
+    from ..ssp.position import AnatomicalPosition, build_pretext
+
+    if not ft.init:
+        raise ConfigError("strategy multitask needs finetune.init: a 'position' pretraining run whose pretext "
+                          "head keeps training next to the segmentation")
+    record = load_pretrained(ft.init)
+    if record.get("method") not in MULTITASK_METHODS:
+        raise ConfigError(f"{record['path']}: strategy multitask needs a {' or '.join(MULTITASK_METHODS)} pretraining "
+                          f"run (its pretext loss is computed on the labeled slices); this run pretrained "
+                          f"{record.get('method')!r}: use strategy all, frozen-encoder or warmup-frozen")
+    options, state = pretext_head(record)
+    options = {**AnatomicalPosition.defaults, **options}
+    pretext = build_pretext(bottleneck_dim(model), options)
+    try:
+        pretext.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{record['path']}: the pretext head does not fit this model: {e}") from None
+    print(f"multitask: pretext head ({len(state)} tensors) loaded from {record['path']}; "
+          f"loss = segmentation + {ft.pretext_weight} x position pretext")
+    return pretext
+
+
+@contextmanager
+def tap_encoder(model: nn.Module) -> Iterator[dict]:
+    """Within the block, ``tap["features"]`` is what ``model.encoder`` returned last (one forward
+    of ``model`` gives both the segmentation and the features the pretext head needs)."""
+    encoder = getattr(model, "encoder", None)
+    if not isinstance(encoder, nn.Module):
+        raise ConfigError(f"SSL+MultiTask needs a model with an '.encoder' module; {type(model).__name__} has none")
+    tap: dict = {}
+    handle = encoder.register_forward_hook(lambda mod, args, out: tap.__setitem__("features", out))
+    try:
+        yield tap
+    finally:
+        handle.remove()
+
+
+def multitask_terms(
+    model: nn.Module, pretext: nn.Module, seg_loss: nn.Module, batch: dict, pretext_weight: float
+) -> dict[str, torch.Tensor]:
+    """SSL+MultiTask (Bai et al. 2019) on a labeled batch: ``loss = seg_loss + pretext_weight *
+    pretext_loss``; also returns the segmentation terms and ``pretext_*`` terms."""
+    with tap_encoder(model) as tap:
+        out = model(batch["image"])
+    if "features" not in tap:
+        raise ConfigError(f"{type(model).__name__}.forward did not call its '.encoder'; SSL+MultiTask cannot tap it")
+    terms = seg_loss.terms(out, batch["segmentation"])
+    pre = pretext(tap["features"], batch)
+    terms["seg_loss"] = terms["loss"]
+    terms.update({f"pretext_{k}": v for k, v in pre.items() if k != "loss"})
+    terms["pretext_loss"] = pre["loss"]
+    terms["loss"] = terms["seg_loss"] + pretext_weight * pre["loss"]
+    return terms

@@ -3,7 +3,7 @@
 Importing this package registers every built-in reader.
 """
 
+from . import acdc, camus, echonet, mnms, mnms2, nifti_folder, phantom, sunnybrook  # noqa: F401  (registration)
 from .base import READERS, Reader, get_reader, iter_subjects
-from . import acdc, mnms, mnms2, nifti_folder, phantom, sunnybrook  # noqa: F401  (registration)
 
 __all__ = ["READERS", "Reader", "get_reader", "iter_subjects"]

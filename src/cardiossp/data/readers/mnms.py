@@ -175,9 +175,8 @@ class MnMsReader(Reader):
             frame_numbers = [ed_csv, es_csv] if known else [0, 1]
 
         letter = vendor_letter(row.get("vendor"))
-        extra = {k: v for k, v in row.items() if k not in {"external code", "subjectid", "vendor", "vendorname", "centre",
-                                                             "center", "ed", "es", "pathology"} and v is not None
-                 and not k.startswith("unnamed")}
+        known = {"external code", "subjectid", "vendor", "vendorname", "centre", "center", "ed", "es", "pathology"}
+        extra = {k: v for k, v in row.items() if k not in known and v is not None and not k.startswith("unnamed")}
         extra["vendor_name"] = row.get("vendorname") or VENDOR_NAMES.get(letter or "")
         extra["layout"] = layout
         extra["split"] = str(folder.parent.relative_to(root)) if folder.parent != root else ""

@@ -151,8 +151,8 @@ class NiftiFolderReader(Reader):
                                           f"{image.shape[3]} frames")
         if ed is None and es is None and image.shape[3] > 1:
             ed, es = ed_es_by_lv_volume(labels)
-        extra.update({k: v for k, v in row.items() if v is not None and k not in
-                      {"subject", "dataset", "vendor", "centre", "center", "pathology", "ed_frame", "es_frame", "view"}})
+        known = {"subject", "dataset", "vendor", "centre", "center", "pathology", "ed_frame", "es_frame", "view"}
+        extra.update({k: v for k, v in row.items() if v is not None and k not in known})
         return Subject(
             subject_id=case,
             dataset=row.get("dataset") or "nifti",
@@ -174,7 +174,7 @@ class NiftiFolderReader(Reader):
     def _labels(path: Path, image: np.ndarray, affine: np.ndarray, mapping: dict[int, int]) -> dict[int, np.ndarray]:
         try:
             label_shape = tuple(nib.load(str(path)).shape)
-        except Exception as e:  # header unreadable: let load_nifti phrase it
+        except Exception as e:  # noqa: BLE001 - header unreadable: one clear message
             raise DataError(path, f"cannot read NIfTI header: {e}") from None
         img4 = to_4d(image)
         n_t = img4.shape[3]

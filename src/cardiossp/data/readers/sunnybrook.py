@@ -51,7 +51,8 @@ def file_number(path: Path, ds) -> int:
     if m:
         return int(m.group(1))
     if ds.get("InstanceNumber") is None:
-        raise DataError(path, "cannot tell the file number: name is not NNNN.dcm / IM-xxxx-NNNN.dcm and no InstanceNumber")
+        raise DataError(path, "cannot tell the file number: name is not NNNN.dcm / IM-xxxx-NNNN.dcm "
+                              "and no InstanceNumber")
     return int(ds.InstanceNumber)
 
 

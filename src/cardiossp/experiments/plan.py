@@ -1,0 +1,202 @@
+"""Experiment plans: the paper's studies as one YAML file, expanded into a list of runs.
+
+A plan (``cardiossp/presets/plans/<name>.yaml`` or any path)::
+
+    data: [{reader: acdc, path: ../shared/data/acdc}]      # several sources feed one cache
+    cache: {spacing: 1.6, size: 160}
+    split: {seed: 0, val: 5, test: 20}                      # budgets are collected from the studies
+    domains: {key: vendor, groups: {AB: [A, B], CD: [C, D]}} # training subsets of the domain study
+    pretrain: {preset: cpu, seeds: [0], set: {...}}         # once per method (and pretraining seed)
+    train: {preset: cpu, set: {...}}
+    studies:
+      label_budget: {methods: [scratch, mim, pcl], budgets: [5, 10, all], seeds: [0, 1]}
+      phase:        {methods: [scratch, mim], budget: all, phases: [ED, ES], seeds: [0]}
+      domain:       {methods: [scratch, mim], groups: [AB, CD], seeds: [0]}
+      augmentation: {methods: [scratch, mim], budget: all, augment: [paper, none], seeds: [0]}
+
+``expand`` turns it into pretraining runs (``pretrain/<method>-s<seed>``) and fine-tuning runs
+(``runs/<method>-n<budget>-s<seed>[-<phase>][-aug<augment>][-<group>]``). Runs are identified by
+their settings, not by their study: the augmentation study's ``paper`` arm *is* the label-budget
+run of the same budget and seed, trained once and counted in both studies (de Mooij et al. 2024 §3).
+A fine-tuning run with seed ``s`` starts from the method's pretraining seed ``s`` when the plan
+pretrains with that seed, else from its first pretraining seed (the paper pretrains once per method).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..config import PRESET_DIR, PretrainConfig, TrainConfig, load_config
+from ..errors import ConfigError
+
+SCRATCH = "scratch"
+STUDIES = ("label_budget", "phase", "domain", "augmentation")
+DEFAULT_PHASES = ("ED", "ES")
+
+
+@dataclass
+class RunSpec:
+    """One run of a campaign. ``name`` is its folder relative to the campaign folder."""
+
+    kind: str  # "pretrain" | "train"
+    name: str
+    method: str
+    seed: int
+    budget: int | None = None  # labeled training subjects; None = all
+    phases: tuple[str, ...] = DEFAULT_PHASES
+    augment: str | None = None  # augmentation preset (None: the training preset's)
+    subset: str | None = None  # domain group (a named subset of the split)
+    needs: str | None = None  # the pretraining run a fine-tuning run starts from
+    studies: list[str] = field(default_factory=list)
+
+    def overrides(self) -> dict:
+        """Config overrides of this run on top of the plan's preset and ``set``."""
+        if self.kind == "pretrain":
+            return {"method": self.method, "seed": self.seed}
+        over = {"seed": self.seed, "labeled_subjects": self.budget, "subset": self.subset,
+                "data.phases": list(self.phases)}
+        if self.augment is not None:
+            over["data.augment"] = self.augment
+        return over
+
+
+@dataclass
+class Plan:
+    name: str
+    data: list[dict]
+    cache: dict
+    split: dict
+    pretrain: dict
+    train: dict
+    studies: dict
+    domains: dict = field(default_factory=dict)
+    phantom: dict = field(default_factory=dict)
+
+    def budgets(self) -> list[int]:
+        """Integer label budgets the split must hold (nested)."""
+        out = set()
+        for s in self.studies.values():
+            for b in s.get("budgets", [s.get("budget", "all")]):
+                if b != "all":
+                    out.add(int(b))
+        return sorted(out)
+
+
+def resolve_plan(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ConfigError(f"plan file {p} not found")
+        return p
+    builtin = PRESET_DIR / "plans" / f"{name_or_path}.yaml"
+    if not builtin.is_file():
+        known = sorted(f.stem for f in (PRESET_DIR / "plans").glob("*.yaml"))
+        raise ConfigError(f"unknown plan {name_or_path!r}; built-in plans: {', '.join(known)}, or give a YAML file")
+    return builtin
+
+
+def load_plan(name_or_path: str | Path, data: dict[str, str] | None = None) -> Plan:
+    """Read a plan; ``data`` maps a reader name to a path that replaces the plan's path for it."""
+    path = resolve_plan(name_or_path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(raw) - {"data", "cache", "split", "pretrain", "train", "studies", "domains", "phantom"})
+    if unknown:
+        raise ConfigError(f"plan {path}: unknown section(s) {unknown}")
+    bad = sorted(set(raw.get("studies", {})) - set(STUDIES))
+    if bad:
+        raise ConfigError(f"plan {path}: unknown study(ies) {bad}; studies are {', '.join(STUDIES)}")
+    sources = [dict(s) for s in raw.get("data", [])]
+    for reader, p in (data or {}).items():
+        match = [s for s in sources if s["reader"] == reader]
+        if not match:
+            if len(sources) == 1 and reader == "":
+                match = sources
+            else:
+                raise ConfigError(f"plan {path} has no data source read by {reader!r}")
+        for s in match:
+            s["path"] = p
+    if not sources:
+        raise ConfigError(f"plan {path}: no data sources")
+    return Plan(name=path.stem, data=sources, cache=raw.get("cache", {}), split=raw.get("split", {}),
+                pretrain=raw.get("pretrain", {}), train=raw.get("train", {}), studies=raw.get("studies", {}),
+                domains=raw.get("domains", {}), phantom=raw.get("phantom", {}))
+
+
+def train_config(plan: Plan, overrides: dict) -> TrainConfig:
+    """The plan's training preset + ``train.set`` + ``overrides``."""
+    over = {**plan.train.get("set", {}), **overrides}
+    return load_config(TrainConfig, "train", plan.train.get("preset", "cpu"), over)
+
+
+def pretrain_config(plan: Plan, overrides: dict) -> PretrainConfig:
+    """The plan's pretraining preset + ``pretrain.set`` + ``overrides`` (method, seed)."""
+    return load_config(PretrainConfig, "pretrain", plan.pretrain.get("preset", "cpu"),
+                       {**plan.pretrain.get("set", {}), **overrides})
+
+
+def _budget(b) -> int | None:
+    return None if b in ("all", None) else int(b)
+
+
+def _run_name(method: str, seed: int, budget, phases, augment, subset) -> str:
+    name = f"{method}-n{'all' if budget is None else budget}-s{seed}"
+    if tuple(phases) != DEFAULT_PHASES:
+        name += "-" + "".join(phases)
+    if augment is not None:
+        name += f"-aug{augment}"
+    if subset is not None:
+        name += f"-{subset}"
+    return f"runs/{name}"
+
+
+def expand(plan: Plan, studies: list[str] | None = None) -> list[RunSpec]:
+    """Every run of ``plan`` (optionally of some studies only): pretraining runs first."""
+    chosen = {k: v for k, v in plan.studies.items() if studies is None or k in studies}
+    if studies is not None and (missing := sorted(set(studies) - set(plan.studies))):
+        raise ConfigError(f"plan {plan.name!r} has no study {missing}; it has {sorted(plan.studies)}")
+    pre_seeds = [int(s) for s in plan.pretrain.get("seeds", [0])]
+    train_runs: dict[str, RunSpec] = {}
+
+    default_aug = train_config(plan, {}).data.augment
+
+    def add(study: str, method: str, seed: int, budget=None, phases=DEFAULT_PHASES, augment=None, subset=None):
+        augment = augment or default_aug
+        name = _run_name(method, seed, budget, phases, None if augment == default_aug else augment, subset)
+        if name not in train_runs:
+            needs = None
+            if method != SCRATCH:
+                needs = f"pretrain/{method}-s{seed if seed in pre_seeds else pre_seeds[0]}"
+            train_runs[name] = RunSpec("train", name, method, seed, budget, tuple(phases), augment, subset, needs)
+        if study not in train_runs[name].studies:
+            train_runs[name].studies.append(study)
+
+    for study, s in chosen.items():
+        methods, seeds = s.get("methods", [SCRATCH]), [int(x) for x in s.get("seeds", [0])]
+        for method in methods:
+            for seed in seeds:
+                if study == "label_budget":
+                    for b in s.get("budgets", ["all"]):
+                        add(study, method, seed, _budget(b))
+                elif study == "phase":
+                    for ph in s.get("phases", ["ED", "ES"]):
+                        add(study, method, seed, _budget(s.get("budget")), phases=(ph,))
+                elif study == "domain":
+                    groups = s.get("groups") or list(plan.domains.get("groups", {}))
+                    if not groups:
+                        raise ConfigError(f"plan {plan.name!r}: the domain study needs domains.groups")
+                    for g in groups:
+                        if g not in plan.domains.get("groups", {}):
+                            raise ConfigError(f"plan {plan.name!r}: domain group {g!r} not in domains.groups")
+                        add(study, method, seed, _budget(s.get("budget")), subset=g)
+                elif study == "augmentation":
+                    for aug in s.get("augment", ["paper", "none"]):
+                        add(study, method, seed, _budget(s.get("budget")), augment=aug)
+    needed = sorted({r.needs for r in train_runs.values() if r.needs})
+    pre = []
+    for name in needed:
+        method, seed = name.removeprefix("pretrain/").rsplit("-s", 1)
+        pre.append(RunSpec("pretrain", name, method, int(seed)))
+    return pre + list(train_runs.values())

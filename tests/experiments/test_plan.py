@@ -1,0 +1,78 @@
+"""Plans expand to the right runs: counts per study, shared runs counted once, pretraining once per method."""
+
+from collections import Counter
+
+import pytest
+
+from cardiossp.errors import ConfigError
+from cardiossp.experiments import expand, load_plan
+
+
+def _counts(runs):
+    per_study = Counter(s for r in runs if r.kind == "train" for s in r.studies)
+    return per_study, Counter(r.kind for r in runs)
+
+
+def test_smoke_plan_runs():
+    runs = expand(load_plan("smoke"))
+    per_study, kinds = _counts(runs)
+    assert per_study == {"label_budget": 4, "phase": 2, "domain": 2, "augmentation": 2}
+    # the augmentation study's "paper" arm is the label-budget run scratch-n6-s0: trained once
+    assert kinds == {"pretrain": 1, "train": 9}
+    shared = next(r for r in runs if r.name == "runs/scratch-n6-s0")
+    assert shared.studies == ["label_budget", "augmentation"]
+    assert [r.kind for r in runs[:1]] == ["pretrain"]
+    mim = next(r for r in runs if r.name == "runs/mim-n2-s0")
+    assert mim.needs == "pretrain/mim-s0" and mim.budget == 2
+    ed = next(r for r in runs if r.name == "runs/scratch-n6-s0-ED")
+    assert ed.overrides()["data.phases"] == ["ED"]
+    ab = next(r for r in runs if r.name.endswith("-AB"))
+    assert ab.overrides()["subset"] == "AB" and ab.budget is None
+
+
+def test_acdc_cpu_plan_counts():
+    plan = load_plan("acdc-cpu")
+    runs = expand(plan)
+    per_study, kinds = _counts(runs)
+    assert per_study["label_budget"] == 5 * 4 * 3  # methods x budgets x seeds
+    assert per_study["phase"] == 2 * 2 * 2
+    assert per_study["domain"] == 2 * 2 * 2
+    assert per_study["augmentation"] == 2 * 2 * 2
+    # augmentation "paper" arms at budget 10, seeds 0-1, are label-budget runs: only the "none" arms are new
+    assert kinds["train"] == 60 + 8 + 8 + 4
+    assert kinds["pretrain"] == 4  # simclr, pcl, dino, mim; pretrained once (seed 0)
+    assert {r.needs for r in runs if r.kind == "train" and r.method == "mim"} == {"pretrain/mim-s0"}
+    assert plan.budgets() == [5, 10, 25]
+    only = expand(plan, ["label_budget"])
+    assert len(only) == 60 + 4
+
+
+def test_pretraining_seeds_follow_finetuning_seeds(tmp_path):
+    plan = tmp_path / "p.yaml"
+    plan.write_text("data: [{reader: phantom, path: builtin}]\npretrain: {preset: tiny, seeds: [0, 1]}\n"
+                    "train: {preset: tiny}\nstudies:\n"
+                    "  label_budget: {methods: [mim], budgets: [2], seeds: [0, 1, 2]}\n")
+    runs = expand(load_plan(plan))
+    needs = {r.seed: r.needs for r in runs if r.kind == "train"}
+    assert needs == {0: "pretrain/mim-s0", 1: "pretrain/mim-s1", 2: "pretrain/mim-s0"}
+    assert sorted(r.name for r in runs if r.kind == "pretrain") == ["pretrain/mim-s0", "pretrain/mim-s1"]
+
+
+def test_paper_plan_takes_data_paths():
+    plan = load_plan("paper", {"mnms": "/data/MnM", "mnms2": "/data/MnM2"})
+    assert [(s["reader"], s["path"]) for s in plan.data] == [("mnms", "/data/MnM"), ("mnms2", "/data/MnM2")]
+    runs = expand(plan)
+    assert sum("label_budget" in r.studies for r in runs) == 5 * 5 * 3
+
+
+def test_bad_plans(tmp_path):
+    with pytest.raises(ConfigError, match="unknown plan"):
+        load_plan("nope")
+    with pytest.raises(ConfigError, match="no data source read by 'acdc'"):
+        load_plan("smoke", {"acdc": "/x"})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [{reader: phantom, path: builtin}]\nstudies: {label_budgett: {}}\n")
+    with pytest.raises(ConfigError, match="unknown study"):
+        load_plan(bad)
+    with pytest.raises(ConfigError, match="no study"):
+        expand(load_plan("smoke"), ["vendor"])
