@@ -76,3 +76,17 @@ def test_bad_plans(tmp_path):
         load_plan(bad)
     with pytest.raises(ConfigError, match="no study"):
         expand(load_plan("smoke"), ["vendor"])
+
+
+def test_convergence_study_and_named_inits(tmp_path):
+    plan = tmp_path / "conv.yaml"
+    plan.write_text("data: [{reader: phantom, path: builtin}]\npretrain: {preset: tiny}\ntrain: {preset: tiny}\n"
+                    "inits: {imagenet: {model.name: resnet_unet, model.encoder_weights: r18.pth}}\n"
+                    "studies:\n  convergence: {methods: [scratch, imagenet, mim], budget: 4, seeds: [0, 1]}\n")
+    runs = expand(load_plan(plan))
+    assert [r.name for r in runs if r.kind == "pretrain"] == ["pretrain/mim-s0"]  # no pretraining for inits
+    imagenet = [r for r in runs if r.method == "imagenet"]
+    assert len(imagenet) == 2 and all(r.needs is None for r in imagenet)
+    over = imagenet[0].overrides()
+    assert over["model.encoder_weights"] == "r18.pth" and over["labeled_subjects"] == 4
+    assert sum(r.kind == "train" for r in runs) == 6

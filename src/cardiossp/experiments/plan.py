@@ -13,11 +13,17 @@ A plan (``cardiossp/presets/plans/<name>.yaml`` or any path)::
       phase:        {methods: [scratch, mim], budget: all, phases: [ED, ES], seeds: [0]}
       domain:       {methods: [scratch, mim], groups: [AB, CD], seeds: [0]}
       augmentation: {methods: [scratch, mim], budget: all, augment: [paper, none], seeds: [0]}
+      convergence:  {methods: [scratch, imagenet, mim], budget: 10, seeds: [0]}
+    inits: {imagenet: {model.name: resnet_unet, model.encoder_weights: resnet18-imagenet.pth}}
 
 ``expand`` turns it into pretraining runs (``pretrain/<method>-s<seed>``) and fine-tuning runs
 (``runs/<method>-n<budget>-s<seed>[-<phase>][-aug<augment>][-<group>]``). Runs are identified by
 their settings, not by their study: the augmentation study's ``paper`` arm *is* the label-budget
 run of the same budget and seed, trained once and counted in both studies (de Mooij et al. 2024 §3).
+Methods are ``scratch``, a registered SSP method (pretrained by the plan), or a name in ``inits``:
+a start given by config values instead of a pretraining run (e.g. ImageNet weights from a local file).
+The ``convergence`` study (Kalapos & Gyires-Tóth 2022) trains at one budget and compares how fast
+validation Dice rises; give it ``train.set: {schedule.val_every: 1}`` for a fine-grained curve.
 A fine-tuning run with seed ``s`` starts from the method's pretraining seed ``s`` when the plan
 pretrains with that seed, else from its first pretraining seed (the paper pretrains once per method).
 """
@@ -33,7 +39,7 @@ from ..config import PRESET_DIR, PretrainConfig, TrainConfig, load_config
 from ..errors import ConfigError
 
 SCRATCH = "scratch"
-STUDIES = ("label_budget", "phase", "domain", "augmentation")
+STUDIES = ("label_budget", "phase", "domain", "augmentation", "convergence")
 DEFAULT_PHASES = ("ED", "ES")
 
 
@@ -50,6 +56,7 @@ class RunSpec:
     augment: str | None = None  # augmentation preset (None: the training preset's)
     subset: str | None = None  # domain group (a named subset of the split)
     needs: str | None = None  # the pretraining run a fine-tuning run starts from
+    init_set: dict = field(default_factory=dict)  # config values of a named start (plan ``inits``)
     studies: list[str] = field(default_factory=list)
 
     def overrides(self) -> dict:
@@ -60,7 +67,7 @@ class RunSpec:
                 "data.phases": list(self.phases)}
         if self.augment is not None:
             over["data.augment"] = self.augment
-        return over
+        return {**self.init_set, **over}
 
 
 @dataclass
@@ -74,6 +81,7 @@ class Plan:
     studies: dict
     domains: dict = field(default_factory=dict)
     phantom: dict = field(default_factory=dict)
+    inits: dict = field(default_factory=dict)
 
     def budgets(self) -> list[int]:
         """Integer label budgets the split must hold (nested)."""
@@ -102,7 +110,8 @@ def load_plan(name_or_path: str | Path, data: dict[str, str] | None = None) -> P
     """Read a plan; ``data`` maps a reader name to a path that replaces the plan's path for it."""
     path = resolve_plan(name_or_path)
     raw = yaml.safe_load(path.read_text()) or {}
-    unknown = sorted(set(raw) - {"data", "cache", "split", "pretrain", "train", "studies", "domains", "phantom"})
+    sections = {"data", "cache", "split", "pretrain", "train", "studies", "domains", "phantom", "inits"}
+    unknown = sorted(set(raw) - sections)
     if unknown:
         raise ConfigError(f"plan {path}: unknown section(s) {unknown}")
     bad = sorted(set(raw.get("studies", {})) - set(STUDIES))
@@ -122,7 +131,7 @@ def load_plan(name_or_path: str | Path, data: dict[str, str] | None = None) -> P
         raise ConfigError(f"plan {path}: no data sources")
     return Plan(name=path.stem, data=sources, cache=raw.get("cache", {}), split=raw.get("split", {}),
                 pretrain=raw.get("pretrain", {}), train=raw.get("train", {}), studies=raw.get("studies", {}),
-                domains=raw.get("domains", {}), phantom=raw.get("phantom", {}))
+                domains=raw.get("domains", {}), phantom=raw.get("phantom", {}), inits=raw.get("inits", {}))
 
 
 def train_config(plan: Plan, overrides: dict) -> TrainConfig:
@@ -167,9 +176,10 @@ def expand(plan: Plan, studies: list[str] | None = None) -> list[RunSpec]:
         name = _run_name(method, seed, budget, phases, None if augment == default_aug else augment, subset)
         if name not in train_runs:
             needs = None
-            if method != SCRATCH:
+            if method != SCRATCH and method not in plan.inits:
                 needs = f"pretrain/{method}-s{seed if seed in pre_seeds else pre_seeds[0]}"
-            train_runs[name] = RunSpec("train", name, method, seed, budget, tuple(phases), augment, subset, needs)
+            train_runs[name] = RunSpec("train", name, method, seed, budget, tuple(phases), augment, subset, needs,
+                                       init_set=dict(plan.inits.get(method) or {}))
         if study not in train_runs[name].studies:
             train_runs[name].studies.append(study)
 
@@ -177,7 +187,9 @@ def expand(plan: Plan, studies: list[str] | None = None) -> list[RunSpec]:
         methods, seeds = s.get("methods", [SCRATCH]), [int(x) for x in s.get("seeds", [0])]
         for method in methods:
             for seed in seeds:
-                if study == "label_budget":
+                if study == "convergence":
+                    add(study, method, seed, _budget(s.get("budget")))
+                elif study == "label_budget":
                     for b in s.get("budgets", ["all"]):
                         add(study, method, seed, _budget(b))
                 elif study == "phase":

@@ -1,11 +1,13 @@
-"""After a campaign: ``results.csv``, ``tables.md`` (+ CSVs) and the figures in ``plots/``."""
+"""After a campaign: ``results.csv``, ``tables.md`` (+ CSVs), ``convergence.csv`` and the figures in ``plots/``."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
 
+from .convergence import convergence_plot, convergence_summary, convergence_table
 from .plots import dice_vs_budget, training_curves, validation_curves
 from .results import collect_results
 from .runner import load_campaign
@@ -13,19 +15,25 @@ from .tables import all_tables, write_tables
 
 
 def write_report(out: str | Path) -> dict:
-    """Collect the campaign in ``out`` and write its table and figures; returns what was written."""
+    """Collect the campaign in ``out`` and write its tables and figures; returns what was written."""
     out = Path(out)
     plan, runs = load_campaign(out)
+    train = [s for s in runs if s.kind == "train"]
     results = collect_results(out)
     tables = all_tables(results, plan)
-    written = {"results": out / "results.csv", "tables": write_tables(tables, out) if tables else None}
-    curves = validation_curves({s.name.removeprefix("runs/"): (s.method, out / s.name) for s in runs
-                                if s.kind == "train"})
-    written["plots"] = dice_vs_budget(results, out / "plots") + training_curves(curves, out / "plots")
-    written["table_frames"] = tables
-    return written
+    curves = validation_curves({s.name.removeprefix("runs/"): (s.method, out / s.name) for s in train})
+    info = pd.DataFrame([{"run": s.name.removeprefix("runs/"), "budget": "all" if s.budget is None else str(s.budget),
+                          "seed": s.seed, "studies": "+".join(s.studies)} for s in train])
+    summary = convergence_summary(curves, info)
+    plots = dice_vs_budget(results, out / "plots") + training_curves(curves, out / "plots")
+    if not summary.empty:
+        tmp = out / f"convergence.csv.tmp{os.getpid()}"
+        summary.to_csv(tmp, index=False)
+        tmp.replace(out / "convergence.csv")
+        tables["convergence"] = convergence_table(summary)
+        study = set(info[info["studies"].str.contains("convergence")]["run"])
+        if study:
+            plots += convergence_plot(curves[curves["run"].isin(study)], out / "plots")
+    return {"results": out / "results.csv", "tables": write_tables(tables, out) if tables else None,
+            "plots": plots, "table_frames": tables}
 
-
-def read_results(out: str | Path) -> pd.DataFrame:
-    path = Path(out) / "results.csv"
-    return pd.read_csv(path) if path.is_file() else collect_results(out)

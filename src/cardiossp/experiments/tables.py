@@ -23,11 +23,11 @@ import pandas as pd
 CLASSES = ("mean", "LV", "MYO", "RV")
 
 
-def mean_std(values) -> str:
+def mean_std(values, digits: int = 3) -> str:
     v = np.asarray([x for x in values if pd.notna(x)], dtype=float)
     if v.size == 0:
         return "–"
-    return f"{v.mean():.3f}" if v.size == 1 else f"{v.mean():.3f} ± {v.std(ddof=1):.3f}"
+    return f"{v.mean():.{digits}f}" if v.size == 1 else f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
 
 
 def _study(results: pd.DataFrame, study: str, metric: str = "dice") -> pd.DataFrame:
@@ -98,6 +98,7 @@ TITLES = {
     "phase": "Unseen phase: mean 3D Dice by training phase and test phase",
     "domain": "Unseen domain: mean 3D Dice in and out of the training domain",
     "augmentation": "Augmentation ablation: mean 3D Dice",
+    "convergence": "Convergence: final validation Dice and iterations to reach 95 % of it",
 }
 
 
