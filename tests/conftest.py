@@ -90,9 +90,10 @@ def phantom_cache(tmp_path_factory):
     return cache, split
 
 
-@pytest.fixture
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
-    """Tiny nets run far faster on one thread on a shared 2-core machine; restores the setting."""
+    """Every test on one intra-op thread: tiny nets gain nothing from more, and on a shared 2-core
+    machine two spin-waiting threads are 10-40x slower than one. Restores the setting at the end."""
     import torch
 
     n = torch.get_num_threads()

@@ -37,14 +37,6 @@ def save_ckpt(cfg, path, seed=0):
     return module
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny nets run ~20x faster on one thread than on two cores busy with other work."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):

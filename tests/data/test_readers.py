@@ -54,7 +54,8 @@ def test_acdc_counts_and_4d_cine(acdc_root):
     ids = reader.subject_ids(acdc_root)
     assert ids == sorted(p.name for p in acdc_root.glob("patient[0-9][0-9][0-9]") if p.is_dir())
     assert len(ids) == 100
-    info = dict(line.split(":", 1) for line in (acdc_root / "patient090/Info.cfg").read_text().splitlines() if ":" in line)
+    lines = (acdc_root / "patient090/Info.cfg").read_text().splitlines()
+    info = dict(line.split(":", 1) for line in lines if ":" in line)
     ed, es, n_frames = (int(info[k]) for k in ("ED", "ES", "NbFrame"))
     s = reader.load(acdc_root, "patient090")
     assert s.shape[3] == n_frames and s.image.dtype == np.float32
@@ -94,7 +95,8 @@ def test_mnms_frames_layout(mnms_root):
     ed = mnms_root / "H1N8S6/H1N8S6_sa_ED.nii.gz"
     np.testing.assert_array_equal(s.labels[1], raw(mnms_root / "H1N8S6/H1N8S6_sa_ES_gt.nii.gz").astype(np.uint8))
     np.testing.assert_array_equal(s.image[..., 0], raw(ed).astype(np.float32))
-    assert np.allclose(s.spacing, nib.load(str(ed)).header.get_zooms()) and np.allclose(s.affine, nib.load(str(ed)).affine)
+    assert np.allclose(s.spacing, nib.load(str(ed)).header.get_zooms())
+    assert np.allclose(s.affine, nib.load(str(ed)).affine)
     assert ring_fraction(s.labels[0], LV, MYO) > 0.8 > ring_fraction(s.labels[0], RV, MYO) + 0.3
 
 
@@ -113,7 +115,8 @@ def build_mnms_original(root, mnms_root, sid="H1N8S6", with_frames=True):
     save(root / f"Training/Labeled/{sid}/{sid}_sa.nii.gz", cine, affine)
     save(root / f"Training/Labeled/{sid}/{sid}_sa_gt.nii.gz", gt, affine)
     save(root / "Training/Unlabeled/X0X0X0/X0X0X0_sa.nii.gz", cine[..., :3], affine)
-    header = ["", "External code", "VendorName", "Vendor", "Centre"] + (["ED", "ES"] if with_frames else []) + ["Pathology"]
+    frames = ["ED", "ES"] if with_frames else []
+    header = ["", "External code", "VendorName", "Vendor", "Centre", *frames, "Pathology"]
     rows = [[0, sid, "Philips", "B", 2] + ([1, 3] if with_frames else []) + ["HCM"],
             [1, "X0X0X0", "Canon", "D", 5] + ([0, 2] if with_frames else []) + ["NOR"]]
     with open(root / "211230_M&Ms_Dataset_information_diagnosis_opendataset.csv", "w", newline="") as fh:
@@ -242,7 +245,8 @@ def test_plain_nifti_folder_with_metadata(tmp_path):
     assert x.subject_id == "x" and x.shape == (20, 18, 4, 1) and not x.is_labeled and x.vendor is None
     assert b.shape == (20, 18, 4, 5) and not b.is_labeled
     assert np.allclose(b.spacing, (1.5, 1.5, 8.0)) and np.allclose(b.affine, aff)
-    assert (b.vendor, b.centre, b.pathology, b.ed_frame, b.es_frame, b.extra["note"]) == ("A", "3", "DCM", 1, 3, "hello")
+    got = (b.vendor, b.centre, b.pathology, b.ed_frame, b.es_frame, b.extra["note"])
+    assert got == ("A", "3", "DCM", 1, 3, "hello")
 
 
 # ---------------------------------------------------------------- Sunnybrook
@@ -288,7 +292,7 @@ def test_sunnybrook_contour_labels(sunnybrook_root):
     assert s.extra["no_rv"] is True and "contoured" in s.extra["partial_labels"]
     lv_vol = {t: int((lab == LV).sum()) for t, lab in s.labels.items()}
     assert lv_vol[s.ed_frame] == max(lv_vol.values()) > lv_vol[s.es_frame] == min(lv_vol.values())
-    for t, lab in s.labels.items():
+    for lab in s.labels.values():
         assert set(np.unique(lab)) <= {0, LV, MYO}
     # rasterised area matches the polygon area (shoelace) within 10 %
     for p in icont[:4]:

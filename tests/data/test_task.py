@@ -26,13 +26,6 @@ from cardiossp.train.segmentation import SegmentationModule, build_segmentation_
 TINY = {"model.n_stages": 3, "model.base_features": 4, "model.max_features": 16, "data.task": "lv"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_task_label_maps():
     labels = np.array([[0, LV], [MYO, RV]])

@@ -43,7 +43,8 @@ def ref_assd(a, b, spacing):
 
 def ref_mcd(a, b, spacing):
     vals = [
-        0.5 * (_directed(a[..., z], b[..., z], spacing[:2]).mean() + _directed(b[..., z], a[..., z], spacing[:2]).mean())
+        0.5 * (_directed(a[..., z], b[..., z], spacing[:2]).mean()
+               + _directed(b[..., z], a[..., z], spacing[:2]).mean())
         for z in range(a.shape[2])
         if a[..., z].any() and b[..., z].any()
     ]

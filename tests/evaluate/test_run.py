@@ -28,13 +28,6 @@ from cardiossp.train.segmentation import SegmentationModule
 TINY = {"model.n_stages": 3, "model.base_features": 4, "model.max_features": 16}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):

@@ -90,3 +90,10 @@ def test_convergence_study_and_named_inits(tmp_path):
     over = imagenet[0].overrides()
     assert over["model.encoder_weights"] == "r18.pth" and over["labeled_subjects"] == 4
     assert sum(r.kind == "train" for r in runs) == 6
+
+
+def test_shipped_convergence_plan():
+    runs = expand(load_plan("convergence"))
+    assert sorted(r.name for r in runs if r.kind == "pretrain") == ["pretrain/mim-s0", "pretrain/position-s0"]
+    train = [r for r in runs if r.kind == "train"]
+    assert len(train) == 4 * 2 and {r.budget for r in train} == {10}

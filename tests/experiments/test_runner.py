@@ -6,10 +6,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cardiossp.errors import ConfigError
 from cardiossp.experiments import expand, load_plan, run_campaign
 from cardiossp.experiments.results import collect_results
 from cardiossp.experiments.runner import parse_shard, status
-from cardiossp.errors import ConfigError
 
 
 class Killed(BaseException):

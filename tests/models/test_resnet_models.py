@@ -35,13 +35,6 @@ TINY = {  # every registered model, small enough for one forward/backward at SIZ
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def resnet18_file(tmp_path_factory):

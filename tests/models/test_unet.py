@@ -26,14 +26,6 @@ from cardiossp.models import (
 TINY = dict(n_stages=4, base_features=8, max_features=32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny nets: intra-op threads only add overhead on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _nnunet_way(n_stages: int, features: list[int], num_classes: int, deep_supervision: bool) -> PlainConvUNet:
     """A 2D PlainConvUNet exactly as nnU-Net v2's get_network_from_plans builds one for a 2D plan."""

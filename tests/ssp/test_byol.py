@@ -21,13 +21,6 @@ SIZE = 32
 TINY = {"input_size": SIZE, "proj_hidden_dim": 32, "proj_output_dim": 16, "pred_hidden_dim": 32}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def batch() -> dict:

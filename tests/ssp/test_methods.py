@@ -55,15 +55,6 @@ def disc_sample(rng: np.random.Generator, i: int, n: int, size: int = 40) -> dic
     return {"image": torch.from_numpy(img[None].astype(np.float32)), "position": i / (n - 1), "subject": f"s{i}"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny nets gain nothing from intra-op threads; on a shared 2-core machine two
-    threads are 10-40x slower than one (spin-waiting), so the module uses one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def samples() -> list[dict]:

@@ -45,13 +45,6 @@ def model_factory(model: str):
     return factory
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_every_registered_model_and_method_has_a_tiny_config():
     assert set(MODELS.names()) == set(TINY_MODELS)

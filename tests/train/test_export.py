@@ -21,8 +21,8 @@ from cardiossp.train.pretrain import pretrain
 from cardiossp.train.transfer import load_pretrained
 
 nnunetv2 = pytest.importorskip("nnunetv2")
-from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
-from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.run.load_pretrained_weights import load_pretrained_weights  # noqa: E402
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans  # noqa: E402
 
 
 def nnunet_plan_architecture(m) -> dict:
