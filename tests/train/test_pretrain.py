@@ -97,12 +97,18 @@ def test_pretrain_writes_a_run_that_transfers_the_right_groups(method, tmp_path,
         assert torch.equal(sd[k], state[k]), k
 
 
-def test_pretraining_never_reads_val_or_test_subjects(tmp_path, phantom_cache, one_thread, monkeypatch):
-    """Pretraining uses the split's training + unlabeled subjects only (labels never needed)."""
-    from cardiossp.data.splits import load_split
+@pytest.mark.parametrize("method", ["simclr", "position"])
+def test_pretraining_never_reads_val_or_test_subjects(method, tmp_path, phantom_cache, one_thread, monkeypatch):
+    """Pretraining uses the split's training + unlabeled subjects only (labels never needed); the
+    position pretext (which predicts the view) also the long-axis subjects (``other_views``)."""
+    from cardiossp.data.splits import load_split, save_split
     from cardiossp.train import pretrain as pretrain_mod
 
     cache, split = phantom_cache
+    sp = load_split(split)
+    long_axis = sp["train"].pop()  # stands in for a long-axis subject
+    sp["other_views"] = [long_axis]
+    split = save_split(sp, tmp_path / "split.yaml")
     seen: list[list[str]] = []
     real = pretrain_mod.UnlabeledSlices
 
@@ -111,10 +117,10 @@ def test_pretraining_never_reads_val_or_test_subjects(tmp_path, phantom_cache, o
         return real(sc, subjects, transform)
 
     monkeypatch.setattr(pretrain_mod, "UnlabeledSlices", spy)
-    run = pretrain(pretrain_cfg("simclr", **{"schedule.iters_per_epoch": 1}), cache, tmp_path / "run", split=split,
+    run = pretrain(pretrain_cfg(method, **{"schedule.iters_per_epoch": 1}), cache, tmp_path / "run", split=split,
                    progress=False)
-    sp = load_split(split)
-    assert seen and set(seen[0]) == set(sp["train"]) | set(sp["unlabeled"])
+    expected = set(sp["train"]) | set(sp["unlabeled"]) | ({long_axis} if method == "position" else set())
+    assert seen and set(seen[0]) == expected
     assert not set(seen[0]) & (set(sp["val"]) | set(sp["test"]))
     assert yaml.safe_load((run / "config.yaml").read_text())["pretrain_subjects"] == len(seen[0])
 

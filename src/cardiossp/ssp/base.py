@@ -130,6 +130,7 @@ class SSPMethod(nn.Module):
 
     name: ClassVar[str] = ""
     transfers: ClassVar[str] = "encoder"  # "encoder" | "encoder+decoder"
+    all_views: ClassVar[bool] = False  # pretrain on long-axis subjects too (split ``other_views``)
     defaults: ClassVar[dict] = {"input_size": 256, "augment": "paper"}
 
     def __init__(self, backbone_factory: BackboneFactory, cfg: dict | None = None, augment: Augment | None = None):

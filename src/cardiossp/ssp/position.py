@@ -231,6 +231,7 @@ class AnatomicalPosition(SSPMethod):
 
     name = "position"
     transfers = "encoder"
+    all_views = True  # the view target needs long-axis slices too
     defaults: ClassVar[dict] = {
         **SSPMethod.defaults,
         "position_bins": 5,

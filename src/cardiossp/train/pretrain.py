@@ -107,17 +107,20 @@ def _batch_size(batch: dict) -> int:
 
 def pretrain(cfg: PretrainConfig, cache: str | Path, out: str | Path, split: str | Path | None = None,
              resume: bool = False, progress: bool = True, loggers: tuple[str, ...] = ()) -> Path:
-    """Pretrain on every frame of the split's training + unlabeled subjects (all cache subjects
-    when no split is given); labels are never read."""
+    """Pretrain on every frame of the split's training + unlabeled subjects (all short-axis cache subjects
+    when no split is given; long-axis ones too for methods with ``all_views``); labels are never read."""
     out = Path(out)
     ckpt_path = resume_point(out, resume, "pretrained.pt")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     sc = SliceCache(cache)
+    all_views = SSP_METHODS.get(cfg.method).all_views
     if split is not None:
-        subjects = pretraining_subjects(load_split(split))
+        sp = load_split(split)
+        subjects = pretraining_subjects(sp) + (sorted(sp["other_views"]) if all_views else [])
     else:
         views = sc.subjects["view"].fillna("SA") if "view" in sc.subjects else None
-        subjects = sc.subjects["subject"][views == "SA"].tolist() if views is not None else sc.subject_ids()
+        sa_only = views is not None and not all_views
+        subjects = sc.subjects["subject"][views == "SA"].tolist() if sa_only else sc.subject_ids()
     d, s = cfg.data, cfg.schedule
     world = 1 if cfg.devices in ("auto", 1, "1") else int(cfg.devices)
     # Build once to get the view maker (workers receive only it, not the network).
