@@ -46,9 +46,9 @@ def clinical_table(summary: dict) -> str:
     """Markdown table: index, n, mean ground truth, MAE, bias, std of the error."""
     rows = []
     for k, s in summary.get("clinical", {}).items():
-        rows.append([k, str(s["n"]), _fmt(s["gt_mean"]), _fmt(s["mae"]), _fmt(s["bias"]), _fmt(s["std_error"])])
+        rows.append([k, str(s["n"]), *(_number(s[f]) for f in ("gt_mean", "mae", "bias", "std_error"))])
     return _table(["index", "n", "mean (GT)", "MAE", "bias", "std error"], rows)
 
 
-def _fmt(v) -> str:
+def _number(v) -> str:
     return "–" if v is None else f"{v:.2f}"
