@@ -19,9 +19,12 @@ def test_convergence_table_mean_std_over_seeds():
         "step": [99, 199, 299] * 3,
         "val_dice": [0.2, 0.5, 0.8, 0.7, 0.78, 0.8, 0.8, 0.8, 0.8],
     })
-    info = pd.DataFrame({"run": ["a", "b", "c"], "budget": ["10"] * 3, "seed": [0, 1, 0], "studies": ["x"] * 3})
+    curves["run"] = curves["run"].map({"a": "scratch-n10-s0", "b": "scratch-n10-s1", "c": "mim-n10-s0"})
+    info = pd.DataFrame({"run": ["scratch-n10-s0", "scratch-n10-s1", "mim-n10-s0"], "budget": ["10"] * 3,
+                         "seed": [0, 1, 0], "studies": ["x"] * 3})
     summary = convergence_summary(curves, info)
-    assert summary.set_index("run")["iterations_to_95"].to_dict() == {"a": 300, "b": 200, "c": 100}
+    assert summary.set_index("run")["iterations_to_95"].to_dict() == {
+        "scratch-n10-s0": 300, "scratch-n10-s1": 200, "mim-n10-s0": 100}
     t = convergence_table(summary)
-    assert t.loc[("10", "scratch"), "iterations to 95 %"] == "250 ± 71"
-    assert t.loc[("10", "mim"), "final val Dice"] == "0.800" and t.loc[("10", "scratch"), "seeds"] == 2
+    assert t.loc["scratch-n10", "iterations to 95 %"] == "250 ± 71"
+    assert t.loc["mim-n10", "final val Dice"] == "0.800" and t.loc["scratch-n10", "seeds"] == 2

@@ -28,8 +28,9 @@ def test_demo_writes_results_tables_plots_and_overlays(demo_dir):
     assert res["run"].nunique() == 9  # 4 label-budget runs + 2 phase + 2 domain + 1 augmentation (no aug)
     dice = res[(res["metric"] == "dice") & (res["class"] == "mean")]
     assert dice["value"].between(0, 1).all()
-    # the pipeline learns something on the phantom: the n=6 scratch run beats chance clearly
-    assert dice[dice["run"] == "scratch-n6-s0"]["value"].mean() > 0.3
+    # the pipeline learns something on the phantom in 120 steps: the LV is found by every label-budget run
+    lv = res[(res["metric"] == "dice") & (res["class"] == "LV") & (res["studies"].str.contains("label_budget"))]
+    assert (lv.groupby("run")["value"].mean() > 0.5).all()
     md = (demo_dir / "tables.md").read_text()
     for title in ("labeled training subjects", "Unseen phase", "Unseen domain", "Augmentation ablation"):
         assert title in md

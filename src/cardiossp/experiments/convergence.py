@@ -3,7 +3,7 @@
 For every fine-tuning run, from its validation curve (``logs/metrics.csv``, validation pseudo-Dice
 against training iterations): the final validation Dice (last value) and the **iterations to reach
 95 % of it** (the first validation point at or above 0.95 x final; resolution = the run's
-``schedule.val_every``). The table gives mean ± std across seeds per start (method) and budget;
+``schedule.val_every``). The table gives mean ± std across seeds per setting (start, budget, ...);
 the figure draws the curves of the ``convergence`` study, mean across seeds per start.
 """
 
@@ -40,10 +40,12 @@ def convergence_summary(curves: pd.DataFrame, runs: pd.DataFrame, fraction: floa
 
 
 def convergence_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std across seeds of the final validation Dice and the iterations to 95 % of it."""
+    """Mean ± std across seeds of the final validation Dice and the iterations to 95 % of it, one row
+    per setting (the run's name without its seed: method, budget, phases, augmentation, subset)."""
     if summary.empty:
         return summary
-    g = summary.groupby(["budget", "method"], sort=False)
+    setting = summary["run"].str.replace(r"-s\d+(?=-|$)", "", regex=True)
+    g = summary.assign(setting=setting).groupby("setting", sort=False)
     return pd.DataFrame({
         "final val Dice": g["final_val_dice"].apply(mean_std),
         "iterations to 95 %": g["iterations_to_95"].apply(lambda s: mean_std(s, digits=0)),

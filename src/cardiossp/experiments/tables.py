@@ -69,7 +69,8 @@ def domain_table(results: pd.DataFrame, key: str, groups: dict[str, list]) -> pd
     r["test"] = np.where(inside, "in-domain", "out-of-domain")
     per_run = r.groupby(["run", "method", "subset", "seed", "test"], sort=False)["value"].mean().reset_index()
     per_run = per_run.rename(columns={"subset": "trained on"})
-    return _pivot(per_run, ["method", "trained on"], "test")
+    t = _pivot(per_run, ["method", "trained on"], "test")
+    return t.reindex(columns=[c for c in ("in-domain", "out-of-domain") if c in t.columns])
 
 
 def augmentation_table(results: pd.DataFrame) -> pd.DataFrame:
