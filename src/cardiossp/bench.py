@@ -1,6 +1,6 @@
 """Real-data benchmarks (not tests): train and evaluate on a dataset folder, report a table.
 
-``cardiossp bench supervised --data ../shared/data/acdc``: the ``cpu`` training preset on
+``cardiossp bench --data ../shared/data/acdc``: the ``cpu`` training preset on
 ACDC (cache 1.6 mm x 160 px) with a fixed split (20 test subjects, 5 validation, the rest
 training), then 3D Dice
 per class, HD95, LVEF error on the test set in native geometry, wall time and peak
