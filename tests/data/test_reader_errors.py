@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import struct
 
 import nibabel as nib
 import numpy as np
@@ -99,6 +100,16 @@ def test_truncated_nii_gz(mnms_copy):
     data = p.read_bytes()
     p.write_bytes(data[: len(data) // 2])
     expect_error(root, "mnms", SID, f"{SID}_sa_ED.nii.gz", "truncated")
+
+
+def test_zero_voxel_spacing(mnms_copy):
+    """nibabel turns a zero pixdim into 1 on load without an error: the reader must not."""
+    root, d = mnms_copy
+    p = d / f"{SID}_sa_ED.nii.gz"
+    raw = bytearray(gzip.decompress(p.read_bytes()))
+    raw[80:92] = struct.pack("<3f", 0.0, 0.0, 0.0)  # pixdim[1:4]
+    p.write_bytes(gzip.compress(bytes(raw)))
+    expect_error(root, "mnms", SID, f"{SID}_sa_ED.nii.gz", "spacing")
 
 
 def test_2d_file_where_3d_expected(mnms_copy):

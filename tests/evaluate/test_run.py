@@ -194,3 +194,18 @@ def test_evaluate_a_lightning_trained_run(run, tmp_path):
     summary = evaluate_run(out, subset="val")
     assert summary["checkpoint"].endswith("best.ckpt") and summary["n_cases"] == 2
     assert 0.0 <= summary["overall"]["dice_mean"]["mean"] <= 1.0
+
+
+def test_uncontoured_slices_do_not_count_as_false_positives():
+    """Sunnybrook-style partial contours: the net segments every slice, the ground truth only traces some."""
+    from cardiossp.evaluate.run import mask_uncontoured
+
+    truth = np.zeros((8, 8, 4), np.uint8)
+    truth[2:5, 2:5, 1] = LV  # slice 1 traced; slices 0, 2, 3 not traced
+    pred = np.zeros_like(truth)
+    pred[2:5, 2:5, :] = LV  # right on slice 1, and a heart on the untraced slices too
+    assert dice_3d(pred, truth, LV) == pytest.approx(2 * 9 / (36 + 9))
+    masked = mask_uncontoured({3: pred, 7: pred}, {"labeled_slices": {"3": [1]}})
+    assert dice_3d(masked[3], truth, LV) == 1.0
+    assert masked[7] is pred  # a fully labeled frame is untouched
+    assert pred[..., 0].any()  # the caller's prediction is not modified in place

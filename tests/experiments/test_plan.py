@@ -97,3 +97,23 @@ def test_shipped_convergence_plan():
     assert sorted(r.name for r in runs if r.kind == "pretrain") == ["pretrain/mim-s0", "pretrain/position-s0"]
     train = [r for r in runs if r.kind == "train"]
     assert len(train) == 4 * 2 and {r.budget for r in train} == {10}
+
+
+def test_method_with_strategy_shares_pretraining(tmp_path):
+    plan = tmp_path / "p.yaml"
+    plan.write_text("data: [{reader: phantom, path: builtin}]\npretrain: {preset: tiny}\ntrain: {preset: tiny}\n"
+                    "studies:\n  label_budget: {methods: [position, 'position:multitask'], budgets: [2]}\n")
+    runs = {r.name: r for r in expand(load_plan(plan))}
+    assert sorted(runs) == ["pretrain/position-s0", "runs/position-multitask-n2-s0", "runs/position-n2-s0"]
+    multi, plain = runs["runs/position-multitask-n2-s0"], runs["runs/position-n2-s0"]
+    assert multi.needs == plain.needs == "pretrain/position-s0"
+    assert multi.overrides()["finetune.strategy"] == "multitask" and "finetune.strategy" not in plain.overrides()
+    assert multi.method == "position:multitask"  # the column label in tables and plots
+
+
+def test_strategy_without_pretraining_is_refused(tmp_path):
+    plan = tmp_path / "p.yaml"
+    plan.write_text("data: [{reader: phantom, path: builtin}]\ntrain: {preset: tiny}\n"
+                    "studies:\n  label_budget: {methods: ['scratch:frozen-encoder'], budgets: [2]}\n")
+    with pytest.raises(ConfigError, match="no pretraining run"):
+        expand(load_plan(plan))

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from ..data.labels import DATASET_LABEL_MAPS, task_classes, task_to_internal, to_task
@@ -64,6 +65,20 @@ def _phase(meta: dict, t: int) -> str:
     return "ED" if t == meta["ed_frame"] else "ES" if t == meta["es_frame"] else f"t{t}"
 
 
+def mask_uncontoured(preds: dict[int, np.ndarray], meta: dict) -> dict[int, np.ndarray]:
+    """Blank the prediction on the slices a partially contoured frame leaves unlabeled (Sunnybrook
+    contours a few slices per phase): there the ground truth is "not traced", not "background", so
+    a prediction there must not count as a false positive nor enter the volumes."""
+    out = dict(preds)
+    for t, zs in (meta.get("labeled_slices") or {}).items():
+        t = int(t)
+        if t in out:
+            keep = np.zeros(out[t].shape[-1], bool)
+            keep[list(zs)] = True
+            out[t] = np.where(keep, out[t], 0).astype(out[t].dtype)
+    return out
+
+
 def evaluate_subject(seg: Segmenter, cache: SliceCache, subject: str, tta: bool | None = None,
                      largest_component: bool | None = None) -> tuple[list[dict], dict | None]:
     """-> (rows, one per labeled frame; clinical row or None when ED or ES is unlabeled)."""
@@ -72,6 +87,7 @@ def evaluate_subject(seg: Segmenter, cache: SliceCache, subject: str, tta: bool 
     spacing = cache.geometry(subject).spacing
     gts = cache.native_labels(subject)
     preds = seg.predict_cached(cache, subject, sorted(gts), tta=tta, largest_component=largest_component)
+    preds = mask_uncontoured(preds, meta)
     task = segmenter_task(seg)
     classes = tuple(c for c in dataset_classes(meta["dataset"]) if c in task_classes(task))
     if task != "cardiac":  # both maps in internal labels, classes outside the task are background

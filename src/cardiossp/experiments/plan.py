@@ -22,6 +22,8 @@ their settings, not by their study: the augmentation study's ``paper`` arm *is* 
 run of the same budget and seed, trained once and counted in both studies (de Mooij et al. 2024 §3).
 Methods are ``scratch``, a registered SSP method (pretrained by the plan), or a name in ``inits``:
 a start given by config values instead of a pretraining run (e.g. ImageNet weights from a local file).
+``method:strategy`` fine-tunes with another strategy than ``all`` (``mim:frozen-encoder`` is the paper's
+SSL+Decoder, ``position:multitask`` Bai et al.'s SSL+MultiTask); its runs are ``<method>-<strategy>-n...``.
 The ``convergence`` study (Kalapos & Gyires-Tóth 2022) trains at one budget and compares how fast
 validation Dice rises; give it ``train.set: {schedule.val_every: 1}`` for a fine-grained curve.
 A fine-tuning run with seed ``s`` starts from the method's pretraining seed ``s`` when the plan
@@ -57,6 +59,7 @@ class RunSpec:
     subset: str | None = None  # domain group (a named subset of the split)
     needs: str | None = None  # the pretraining run a fine-tuning run starts from
     init_set: dict = field(default_factory=dict)  # config values of a named start (plan ``inits``)
+    strategy: str | None = None  # fine-tuning strategy (None: the training preset's)
     studies: list[str] = field(default_factory=list)
 
     def overrides(self) -> dict:
@@ -67,6 +70,8 @@ class RunSpec:
                 "data.phases": list(self.phases)}
         if self.augment is not None:
             over["data.augment"] = self.augment
+        if self.strategy is not None:
+            over["finetune.strategy"] = self.strategy
         return {**self.init_set, **over}
 
 
@@ -151,7 +156,7 @@ def _budget(b) -> int | None:
 
 
 def _run_name(method: str, seed: int, budget, phases, augment, subset) -> str:
-    name = f"{method}-n{'all' if budget is None else budget}-s{seed}"
+    name = f"{method.replace(':', '-')}-n{'all' if budget is None else budget}-s{seed}"
     if tuple(phases) != DEFAULT_PHASES:
         name += "-" + "".join(phases)
     if augment is not None:
@@ -175,11 +180,14 @@ def expand(plan: Plan, studies: list[str] | None = None) -> list[RunSpec]:
         augment = augment or default_aug
         name = _run_name(method, seed, budget, phases, None if augment == default_aug else augment, subset)
         if name not in train_runs:
+            start, _, strategy = method.partition(":")
             needs = None
-            if method != SCRATCH and method not in plan.inits:
-                needs = f"pretrain/{method}-s{seed if seed in pre_seeds else pre_seeds[0]}"
+            if start != SCRATCH and start not in plan.inits:
+                needs = f"pretrain/{start}-s{seed if seed in pre_seeds else pre_seeds[0]}"
+            elif strategy:
+                raise ConfigError(f"plan {plan.name!r}: {method!r} has no pretraining run to fine-tune with {strategy!r}")
             train_runs[name] = RunSpec("train", name, method, seed, budget, tuple(phases), augment, subset, needs,
-                                       init_set=dict(plan.inits.get(method) or {}))
+                                       init_set=dict(plan.inits.get(start) or {}), strategy=strategy or None)
         if study not in train_runs[name].studies:
             train_runs[name].studies.append(study)
 

@@ -85,6 +85,11 @@ def load_nifti(path: Path, ndims: tuple[int, ...] = (3, 4)) -> tuple[np.ndarray,
     zooms = tuple(float(z) for z in img.header.get_zooms()[: data.ndim])
     if any(z <= 0 for z in zooms[:3]):
         raise DataError(path, f"voxel spacing {zooms[:3]} is not positive (missing spacing?)")
+    # nibabel replaces zero pixdims by 1 on load (with a log message only): look at the raw header
+    with nib.openers.ImageOpener(str(path)) as f:
+        raw = type(img.header).from_fileobj(f, check=False)["pixdim"][1:4]
+    if not np.all(np.isfinite(raw)) or np.any(raw == 0):
+        raise DataError(path, f"voxel spacing (pixdim) {tuple(float(v) for v in raw)} is zero or missing")
     return data, np.asarray(img.affine, dtype=np.float64), zooms
 
 
