@@ -118,3 +118,14 @@ def test_bad_shard():
     for bad in ("4/4", "x", "1/0"):
         with pytest.raises(ConfigError):
             parse_shard(bad)
+
+
+def test_campaign_record_covers_the_whole_plan_when_run_study_by_study(tmp_path):
+    plan = load_plan("smoke")
+    run_campaign(plan, tmp_path, studies=["phase"], executor=FakeExecutor(), say=lambda *_: None)
+    from cardiossp.experiments.runner import load_campaign
+
+    _, recorded = load_campaign(tmp_path)
+    assert [r.name for r in recorded] == [r.name for r in expand(plan)]
+    results = collect_results(tmp_path)  # only the phase study's runs are evaluated so far
+    assert set(results["run"]) == {r.name.removeprefix("runs/") for r in expand(plan, ["phase"]) if r.kind == "train"}

@@ -85,7 +85,8 @@ def run_campaign(plan: Plan, out: str | Path, studies: list[str] | None = None, 
     if dry_run:
         return [{"run": s.name, "studies": "+".join(s.studies), "status": status(s, out)} for _, s in mine]
     executor = executor or _default_executor()
-    write_json(out / "campaign.json", {"plan": asdict_plan(plan), "runs": [asdict(s) for s in runs]})
+    # the whole plan, whatever this call runs: tables cover every evaluated run of the folder
+    write_json(out / "campaign.json", {"plan": asdict_plan(plan), "runs": [asdict(s) for s in expand(plan)]})
     executor.prepare(plan, out)
     rows = []
     for k, (_, spec) in enumerate(mine):
