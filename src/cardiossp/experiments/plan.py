@@ -185,7 +185,8 @@ def expand(plan: Plan, studies: list[str] | None = None) -> list[RunSpec]:
             if start != SCRATCH and start not in plan.inits:
                 needs = f"pretrain/{start}-s{seed if seed in pre_seeds else pre_seeds[0]}"
             elif strategy:
-                raise ConfigError(f"plan {plan.name!r}: {method!r} has no pretraining run to fine-tune with {strategy!r}")
+                raise ConfigError(f"plan {plan.name!r}: {method!r} has no pretraining run "
+                                  f"to fine-tune with {strategy!r}")
             train_runs[name] = RunSpec("train", name, method, seed, budget, tuple(phases), augment, subset, needs,
                                        init_set=dict(plan.inits.get(start) or {}), strategy=strategy or None)
         if study not in train_runs[name].studies:
