@@ -9,7 +9,7 @@ import pytest
 from cardiossp.errors import ConfigError
 from cardiossp.experiments import expand, load_plan, run_campaign
 from cardiossp.experiments.results import collect_results
-from cardiossp.experiments.runner import parse_shard, status
+from cardiossp.experiments.runner import load_campaign, parse_shard, status
 
 
 class Killed(BaseException):
@@ -123,8 +123,6 @@ def test_bad_shard():
 def test_campaign_record_covers_the_whole_plan_when_run_study_by_study(tmp_path):
     plan = load_plan("smoke")
     run_campaign(plan, tmp_path, studies=["phase"], executor=FakeExecutor(), say=lambda *_: None)
-    from cardiossp.experiments.runner import load_campaign
-
     _, recorded = load_campaign(tmp_path)
     assert [r.name for r in recorded] == [r.name for r in expand(plan)]
     results = collect_results(tmp_path)  # only the phase study's runs are evaluated so far
