@@ -60,7 +60,7 @@ def bench_supervised(data: str | Path, out: str | Path, reader: str = "acdc", pr
     t2 = time.time()
     summary = evaluate_run(run, split=split, subset="test")
     t_eval = time.time() - t2
-    lcc = evaluate_run(run, split=split, subset="test", largest_component=True, out=run / "eval" / "test-lcc")
+    lcc = evaluate_run(run, split=split, subset="test", largest_component=True)
     o, c = summary["overall"], summary.get("clinical", {})
     result = {
         "preset": preset, "reader": reader, "data": str(data), "seed": seed, "test_subjects": summary["n_subjects"],

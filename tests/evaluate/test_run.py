@@ -70,6 +70,16 @@ def test_evaluate_run_writes_consistent_tables(run):
     assert "LV" in segmentation_table(load_summary(out)) and "LV_EF" in clinical_table(summary)
 
 
+def test_each_post_processing_setting_keeps_its_own_tables(run):
+    plain = run["run"] / "eval" / "test" / "summary.json"
+    evaluate_run(run["run"])
+    before = plain.read_text()
+    summary = evaluate_run(run["run"], tta=True, largest_component=True)
+    on_disk = json.loads((run["run"] / "eval" / "test-tta-lcc" / "summary.json").read_text())
+    assert on_disk["tta"] and on_disk["largest_component"] and on_disk["overall"] == summary["overall"]
+    assert plain.read_text() == before  # the runner reads eval/test: never overwritten by another setting
+
+
 def _gt_predictor(cache: SliceCache, erase: tuple[int, int] | None = None):
     """predict_cached replacement returning the ground truth, optionally with LV of slice z erased in frame t."""
 

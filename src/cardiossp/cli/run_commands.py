@@ -89,12 +89,15 @@ def evaluate(
     split: Optional[Path] = typer.Option(None, help="split file (default: the run's)"),
     subset: str = typer.Option("test", help="test | val | train"),
     tta: bool = typer.Option(False, help="mirror test-time augmentation"),
+    largest_component: bool = typer.Option(False, help="keep the largest connected component per class"),
 ) -> None:
-    """3D Dice, HD95, ASSD, MCD per class and phase in native geometry, plus clinical indices."""
+    """3D Dice, HD95, ASSD, MCD per class and phase in native geometry, plus clinical indices.
+
+    Tables go to RUN/eval/SUBSET, or SUBSET-tta / SUBSET-lcc / SUBSET-tta-lcc with those options."""
     from ..evaluate.run import evaluate_run
 
     try:
-        summary = evaluate_run(run, split=split, subset=subset, tta=tta)
+        summary = evaluate_run(run, split=split, subset=subset, tta=tta, largest_component=largest_component)
     except CardiosspError as e:
         fail(e)
     import pandas as pd

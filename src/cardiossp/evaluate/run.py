@@ -159,6 +159,11 @@ def _write_json(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def eval_folder_name(subset: str, tta: bool = False, largest_component: bool = False) -> str:
+    """``test``, ``test-tta``, ``test-lcc``, ``test-tta-lcc``: each setting keeps its own tables."""
+    return str(subset) + ("-tta" if tta else "") + ("-lcc" if largest_component else "")
+
+
 def evaluate_run(
     run: str | Path,
     split: str | Path | None = None,
@@ -175,7 +180,8 @@ def evaluate_run(
     """Evaluate run folder ``run`` on ``subset`` of its split (or of ``split``); returns the summary.
 
     ``cache`` defaults to the run's training cache (``RUN/config.yaml``); ``segmenter`` replaces
-    the run's checkpoint (e.g. an ensemble). ``progress(subject, i, n)`` after each subject.
+    the run's checkpoint (e.g. an ensemble). ``progress(subject, i, n)`` after each subject. Tables go
+    to ``out``, by default ``RUN/eval/<subset>[-tta][-lcc]``.
     """
     t0 = time.time()
     run = Path(run)
@@ -205,7 +211,7 @@ def evaluate_run(
     per_subject = pd.DataFrame(rows)
     clinical = pd.DataFrame(clin, columns=INFO_COLUMNS + [f"{k}_{s}" for k in CLINICAL_KEYS
                                                           for s in ("gt", "pred", "error", "abs_error")])
-    out_dir = Path(out) if out is not None else run / "eval" / str(subset)
+    out_dir = Path(out) if out is not None else run / "eval" / eval_folder_name(subset, tta, largest_component)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {
         "run": str(run), "checkpoint": str(getattr(segmenter, "checkpoint", None) or ""),
