@@ -76,17 +76,28 @@ class FinetuneConfig:
 
 
 @dataclass
+class SemiConfig:
+    """Semi-supervised fine-tuning (``cardiossp.semi``): ``method`` None = labeled slices only."""
+
+    method: str | None = None  # mean-teacher | unimatch | bcp
+    options: dict = field(default_factory=dict)  # the method's options (see its ``defaults``)
+    unlabeled_batch_size: int | None = None  # None: the labeled batch size
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)
     precision: str = "auto"  # auto: bf16-mixed / 16-mixed on CUDA, 32-true on CPU
     seed: int = 0
     labeled_subjects: int | None = None  # label budget (N training subjects); None = all
     subset: str | None = None  # a named subset of the split (e.g. vendor_AB)
-    devices: int | str = "auto"
+    devices: int | str = "auto"  # per node
+    num_nodes: int = 1
     accelerator: str = "auto"
 
 
@@ -122,7 +133,8 @@ class PretrainConfig:
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(epochs=100, epoch_mode="pass"))
     precision: str = "auto"
     seed: int = 0
-    devices: int | str = "auto"
+    devices: int | str = "auto"  # per node
+    num_nodes: int = 1
     accelerator: str = "auto"
 
 

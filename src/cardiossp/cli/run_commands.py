@@ -11,6 +11,8 @@ from ..errors import CardiosspError
 from .common import app, console, fail, print_table
 
 OVERRIDE_HELP = "override a config value, e.g. --set optim.lr=0.02 (repeatable)"
+NUM_NODES_HELP = ("machines of a multi-node DDP run (world = num-nodes x devices); start the command on every "
+                  "node (SLURM srun / torchrun, or MASTER_ADDR, MASTER_PORT, NODE_RANK set by hand)")
 
 
 @app.command()
@@ -31,6 +33,7 @@ def train(
                                                    "torchvision ResNet state dict for resnet_unet / deeplabv3"),
     resume: bool = typer.Option(False, help="continue an interrupted run from its last checkpoint"),
     devices: str = typer.Option("auto", help="devices per node (2+ runs DDP)"),
+    num_nodes: int = typer.Option(1, min=1, help=NUM_NODES_HELP),
     logger: list[str] = typer.Option([], help="extra loggers: tensorboard, wandb, mlflow"),
     set_: list[str] = typer.Option([], "--set", help=OVERRIDE_HELP),
 ) -> None:
@@ -39,7 +42,8 @@ def train(
     from ..train.fit import train_segmentation
 
     over = {"seed": seed, "labeled_subjects": labeled_subjects, "subset": subset, "devices": _devices(devices),
-            "finetune.strategy": strategy, "finetune.warmup_frozen_epochs": warmup_frozen_epochs}
+            "num_nodes": num_nodes, "finetune.strategy": strategy,
+            "finetune.warmup_frozen_epochs": warmup_frozen_epochs}
     if init is not None:
         over["finetune.init"] = str(init)
     if encoder_weights is not None:
@@ -66,7 +70,8 @@ def pretrain(
     preset: str = typer.Option("cpu", help="paper | cpu | tiny, or a YAML file"),
     seed: int = typer.Option(0),
     resume: bool = typer.Option(False),
-    devices: str = typer.Option("auto"),
+    devices: str = typer.Option("auto", help="devices per node (2+ runs DDP)"),
+    num_nodes: int = typer.Option(1, min=1, help=NUM_NODES_HELP),
     logger: list[str] = typer.Option([], help="extra loggers: tensorboard, wandb, mlflow"),
     set_: list[str] = typer.Option([], "--set", help=OVERRIDE_HELP),
 ) -> None:
@@ -76,7 +81,8 @@ def pretrain(
 
     try:
         cfg = load_config(PretrainConfig, "pretrain", preset,
-                          {"method": method, "seed": seed, "devices": _devices(devices), **_parse(set_)})
+                          {"method": method, "seed": seed, "devices": _devices(devices), "num_nodes": num_nodes,
+                           **_parse(set_)})
         run(cfg, cache, out, split=split, resume=resume, loggers=tuple(logger))
     except CardiosspError as e:
         fail(e)

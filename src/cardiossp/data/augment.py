@@ -261,6 +261,17 @@ def build_transforms(preset: str, patch_size: int | Sequence[int],
     return Augmenter(preset, ps, _BUILDERS[preset](ps), _check_scales(deep_supervision_scales))
 
 
+def spatial_transforms(preset: str, patch_size: int | Sequence[int]) -> Augmenter:
+    """The geometric part of ``preset`` alone (crop, translation, rotation, scaling, mirroring; no
+    intensity change): the *weak* view of unlabeled slices for semi-supervised training, whose
+    strong views add intensity perturbations on the training device (``cardiossp.semi.perturb``)."""
+    if preset not in _BUILDERS:
+        raise ConfigError(f"unknown augmentation preset {preset!r}; presets: {', '.join(PRESETS)}")
+    ps = _check_patch(patch_size)
+    spatial = [t for t in _BUILDERS[preset](ps) if isinstance(t, (SpatialTransform, MirrorTransform))]
+    return Augmenter(f"{preset}-spatial", ps, spatial, None)
+
+
 def val_transforms(patch_size: int | Sequence[int], deep_supervision_scales: Sequence | None = None) -> Augmenter:
     """Validation transform: centre crop/pad to ``patch_size`` only (plus DS targets if asked)."""
     ps = _check_patch(patch_size)

@@ -33,10 +33,12 @@ def domain_subsets(subjects, train_ids: list[str], key: str, groups: dict[str, l
 
 
 class LocalExecutor:
-    """Runs everything here, one run at a time; ``progress`` shows Lightning's bars."""
+    """Runs everything here, one run at a time; ``progress`` shows Lightning's bars; ``num_nodes`` > 1
+    makes every pretraining and training run a multi-node DDP run (override ``num_nodes``)."""
 
-    def __init__(self, progress: bool = False):
+    def __init__(self, progress: bool = False, num_nodes: int = 1):
         self.progress = progress
+        self.num_nodes = int(num_nodes)
         self.cache: Path | None = None
         self.split: Path | None = None
         self.plan: Plan | None = None
@@ -67,17 +69,20 @@ class LocalExecutor:
         self.plan = plan
 
     def pretrain(self, spec: RunSpec, folder: Path) -> None:
-        cfg = pretrain_config(self.plan, spec.overrides())
+        cfg = pretrain_config(self.plan, {**spec.overrides(), **self._nodes()})
         pretrain(cfg, self.cache, folder, split=self.split, resume=(folder / "checkpoints" / "last.ckpt").exists(),
                  progress=self.progress)
 
     def train(self, spec: RunSpec, folder: Path, init: Path | None) -> None:
-        over = spec.overrides()
+        over = {**spec.overrides(), **self._nodes()}
         if init is not None:
             over["finetune.init"] = str(init)
         cfg = train_config(self.plan, over)
         train_segmentation(cfg, self.cache, self.split, folder,
                            resume=(folder / "checkpoints" / "last.ckpt").exists(), progress=self.progress)
+
+    def _nodes(self) -> dict:
+        return {"num_nodes": self.num_nodes} if self.num_nodes != 1 else {}
 
     def evaluate(self, spec: RunSpec, folder: Path) -> None:
         evaluate_run(folder, split=self.split, subset="test", cache=self.cache)

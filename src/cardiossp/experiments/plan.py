@@ -14,6 +14,7 @@ A plan (``cardiossp/presets/plans/<name>.yaml`` or any path)::
       domain:       {methods: [scratch, mim], groups: [AB, CD], seeds: [0]}
       augmentation: {methods: [scratch, mim], budget: all, augment: [paper, none], seeds: [0]}
       convergence:  {methods: [scratch, imagenet, mim], budget: 10, seeds: [0]}
+    # a study may also be a list of such specs (e.g. every arm at 5 subjects, two arms at 3 and 10)
     inits: {imagenet: {model.name: resnet_unet, model.encoder_weights: resnet18-imagenet.pth}}
 
 ``expand`` turns it into pretraining runs (``pretrain/<method>-s<seed>``) and fine-tuning runs
@@ -24,6 +25,8 @@ Methods are ``scratch``, a registered SSP method (pretrained by the plan), or a 
 a start given by config values instead of a pretraining run (e.g. ImageNet weights from a local file).
 ``method:strategy`` fine-tunes with another strategy than ``all`` (``mim:frozen-encoder`` is the paper's
 SSL+Decoder, ``position:multitask`` Bai et al.'s SSL+MultiTask); its runs are ``<method>-<strategy>-n...``.
+A ``+semi`` suffix fine-tunes semi-supervised (``cardiossp.semi``): ``unimatch`` alone is scratch +
+UniMatch, ``mim+unimatch`` UniMatch from the MIM pretraining; runs are ``<method>-n...`` as written.
 The ``convergence`` study (Kalapos & Gyires-Tóth 2022) trains at one budget and compares how fast
 validation Dice rises; give it ``train.set: {schedule.val_every: 1}`` for a fine-grained curve.
 A fine-tuning run with seed ``s`` starts from the method's pretraining seed ``s`` when the plan
@@ -60,6 +63,7 @@ class RunSpec:
     needs: str | None = None  # the pretraining run a fine-tuning run starts from
     init_set: dict = field(default_factory=dict)  # config values of a named start (plan ``inits``)
     strategy: str | None = None  # fine-tuning strategy (None: the training preset's)
+    semi: str | None = None  # semi-supervised method (None: labeled slices only)
     studies: list[str] = field(default_factory=list)
 
     def overrides(self) -> dict:
@@ -72,6 +76,8 @@ class RunSpec:
             over["data.augment"] = self.augment
         if self.strategy is not None:
             over["finetune.strategy"] = self.strategy
+        if self.semi is not None:
+            over["semi.method"] = self.semi
         return {**self.init_set, **over}
 
 
@@ -91,7 +97,8 @@ class Plan:
     def budgets(self) -> list[int]:
         """Integer label budgets the split must hold (nested)."""
         out = set()
-        for s in self.studies.values():
+        parts = [p for s in self.studies.values() for p in (s if isinstance(s, list) else [s])]
+        for s in parts:
             for b in s.get("budgets", [s.get("budget", "all")]):
                 if b != "all":
                     out.add(int(b))
@@ -166,6 +173,20 @@ def _run_name(method: str, seed: int, budget, phases, augment, subset) -> str:
     return f"runs/{name}"
 
 
+def split_semi(method: str) -> tuple[str, str | None]:
+    """``"mim:frozen-encoder+unimatch"`` -> ``("mim:frozen-encoder", "unimatch")``; a bare semi-supervised
+    method name starts from scratch (``"bcp"`` -> ``("scratch", "bcp")``); no semi part -> None."""
+    from ..semi import SEMI_METHODS
+
+    start, plus, semi = method.rpartition("+")
+    if not plus:
+        return (SCRATCH, method) if method in SEMI_METHODS else (method, None)
+    if semi not in SEMI_METHODS:
+        raise ConfigError(f"{method!r}: {semi!r} is not a semi-supervised method; known: "
+                          f"{', '.join(SEMI_METHODS.names())}")
+    return start, semi
+
+
 def expand(plan: Plan, studies: list[str] | None = None) -> list[RunSpec]:
     """Every run of ``plan`` (optionally of some studies only): pretraining runs first."""
     chosen = {k: v for k, v in plan.studies.items() if studies is None or k in studies}
@@ -180,7 +201,8 @@ def expand(plan: Plan, studies: list[str] | None = None) -> list[RunSpec]:
         augment = augment or default_aug
         name = _run_name(method, seed, budget, phases, None if augment == default_aug else augment, subset)
         if name not in train_runs:
-            start, _, strategy = method.partition(":")
+            start, semi = split_semi(method)
+            start, _, strategy = start.partition(":")
             needs = None
             if start != SCRATCH and start not in plan.inits:
                 needs = f"pretrain/{start}-s{seed if seed in pre_seeds else pre_seeds[0]}"
@@ -188,11 +210,13 @@ def expand(plan: Plan, studies: list[str] | None = None) -> list[RunSpec]:
                 raise ConfigError(f"plan {plan.name!r}: {method!r} has no pretraining run "
                                   f"to fine-tune with {strategy!r}")
             train_runs[name] = RunSpec("train", name, method, seed, budget, tuple(phases), augment, subset, needs,
-                                       init_set=dict(plan.inits.get(start) or {}), strategy=strategy or None)
+                                       init_set=dict(plan.inits.get(start) or {}), strategy=strategy or None,
+                                       semi=semi)
         if study not in train_runs[name].studies:
             train_runs[name].studies.append(study)
 
-    for study, s in chosen.items():
+    parts = [(study, part) for study, spec in chosen.items() for part in (spec if isinstance(spec, list) else [spec])]
+    for study, s in parts:
         methods, seeds = s.get("methods", [SCRATCH]), [int(x) for x in s.get("seeds", [0])]
         for method in methods:
             for seed in seeds:

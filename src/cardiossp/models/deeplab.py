@@ -36,8 +36,11 @@ class DeepLabV3(nn.Module):
         self.encoder, self.decoder, self.head = encoder, decoder, head
 
     def forward(self, x: Tensor) -> Tensor:
-        logits = self.head(self.decoder(self.encoder(x)[-1]))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.decode(self.encoder(x), x.shape[-2:])
+
+    def decode(self, features: list[Tensor], size) -> Tensor:
+        logits = self.head(self.decoder(features[-1]))
+        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
 
     def input_divisor(self) -> tuple[int, int]:
         return OUTPUT_STRIDE, OUTPUT_STRIDE
@@ -62,5 +65,6 @@ register_model_type(
         group_prefixes=(("head", ("head.",)), ("encoder", ("encoder.",)), ("decoder", ("decoder.",))),
         encoder_features=lambda m, x: m.encoder(x),
         bottleneck_dim=lambda m: m.encoder.output_channels[-1],
+        decode=lambda m, feats, size: m.decode(feats, size),
     ),
 )

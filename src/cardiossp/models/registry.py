@@ -36,11 +36,15 @@ class ModelSpec:
         whose prefixes it starts with (so put ``head`` before a broader ``decoder`` prefix).
     encoder_features: ``(model, x (B, C, H, W)) -> [skip_0 (B, F0, H, W), ..., bottleneck]``.
     bottleneck_dim: ``model -> channels of the deepest encoder feature map``.
+    decode: ``(model, features, input (H, W)) -> the model's output`` from ``encoder_features``'
+        list, so that ``decode(m, encoder_features(m, x), x.shape[-2:]) == m(x)`` (feature
+        perturbation, UniMatch).
     """
 
     group_prefixes: tuple[tuple[str, tuple[str, ...]], ...]
     encoder_features: Callable[[nn.Module, Tensor], list[Tensor]]
     bottleneck_dim: Callable[[nn.Module], int]
+    decode: Callable[[nn.Module, list[Tensor], tuple[int, int]], object] = lambda m, feats, size: m.decoder(feats)
 
     def __post_init__(self) -> None:
         for group, prefixes in self.group_prefixes:
@@ -149,6 +153,13 @@ def encoder_features(model: nn.Module, x: Tensor) -> list[Tensor]:
     if x.ndim != 4:
         raise ConfigError(f"encoder_features expects a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
     return model_spec(model).encoder_features(model, x)
+
+
+def decode_features(model: nn.Module, features: list[Tensor], size: tuple[int, int]):
+    """The model's output (logits, or one per deep-supervision scale) from its encoder features of an
+    input of spatial size ``size``; ``decode_features(m, encoder_features(m, x), x.shape[-2:]) == m(x)``."""
+    model = unwrap(model)
+    return model_spec(model).decode(model, list(features), tuple(size))
 
 
 def bottleneck_dim(model: nn.Module) -> int:

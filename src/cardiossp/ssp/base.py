@@ -14,6 +14,16 @@ checkpoints (DESIGN habit 1, after timm's ``task`` modules). One training step i
 function of it (``cardiossp.ssp.schedules``). ``method(batch, progress)`` is
 ``forward_loss`` so the method can be wrapped by DDP.
 
+What the engine needs to know about a method is declared on its class, never by its name:
+``find_unused_parameters`` (DDP must look for parameters without gradient: MIM), ``multitask``
+(its pretext head can keep training during fine-tuning: position), ``schedule_options(epochs)``
+(options derived from the run length: DINO) and ``extra_record()`` (more to save in
+``pretrained.pt`` than the transferable weights: position's head).
+
+Losses compare embeddings in float32 even under autocast (:func:`fp32` and :func:`no_autocast`):
+a bf16 dot product of 512-d unit vectors is off by ~1e-2, as large as the differences a
+temperature of 0.1 or 0.04 turns into probabilities.
+
 ``transferable_state()`` returns what fine-tuning receives, keyed in the namespace of the
 *segmentation model* built by ``backbone_factory`` (e.g. ``encoder.stages.0...``), so
 ``seg_model.load_state_dict(state, strict=False)`` works directly. Keys that alias the
@@ -106,6 +116,19 @@ def bottleneck_channels(encoder: nn.Module, size: tuple[int, int]) -> int:
         encoder.train(was_training)
 
 
+def fp32(*tensors: Tensor) -> list[Tensor]:
+    """The tensors in float32 when autocast (or a half-precision model) made them 16-bit; float32 and
+    float64 tensors are returned as they are."""
+    return [t.float() if t.is_floating_point() and t.dtype in (torch.float16, torch.bfloat16) else t
+            for t in tensors]
+
+
+def no_autocast(like: Tensor):
+    """Context in which autocast is off for ``like``'s device type: similarities, softmaxes and
+    log-sum-exps of a loss run in the precision of their (float32) inputs."""
+    return torch.autocast(device_type=like.device.type, enabled=False)
+
+
 def require(batch: dict, *keys: str) -> list[Any]:
     missing = [k for k in keys if k not in batch]
     if missing:
@@ -131,7 +154,15 @@ class SSPMethod(nn.Module):
     name: ClassVar[str] = ""
     transfers: ClassVar[str] = "encoder"  # "encoder" | "encoder+decoder"
     all_views: ClassVar[bool] = False  # pretrain on long-axis subjects too (split ``other_views``)
+    find_unused_parameters: ClassVar[bool] = False  # DDP: some parameters get no gradient in a step
+    multitask: ClassVar[bool] = False  # fine-tuning strategy ``multitask`` can keep training its pretext head
     defaults: ClassVar[dict] = {"input_size": 256, "augment": "paper"}
+
+    @classmethod
+    def schedule_options(cls, epochs: int) -> dict:
+        """Options that depend on the length of the pretraining run (``epochs``); the engine fills
+        them in where the user set none. Default: none."""
+        return {}
 
     def __init__(self, backbone_factory: BackboneFactory, cfg: dict | None = None, augment: Augment | None = None):
         super().__init__()
@@ -166,6 +197,11 @@ class SSPMethod(nn.Module):
     def transferable_state(self) -> dict[str, Tensor]:
         """What fine-tuning receives, keyed like the segmentation model's state dict."""
         raise NotImplementedError
+
+    def extra_record(self) -> dict:
+        """More entries for ``pretrained.pt`` (tensors, numbers, strings only: it is loaded with
+        ``weights_only=True``). Default: none."""
+        return {}
 
 
 def build_method(

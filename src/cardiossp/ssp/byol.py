@@ -41,6 +41,8 @@ from .base import (
     build_backbone,
     encoder_key_map,
     encoder_state,
+    fp32,
+    no_autocast,
     pooled,
     require,
 )
@@ -109,10 +111,17 @@ class BYOL(SSPMethod):
         v0, v1 = require(batch, "view0", "view1")
         p0, p1 = self.online(v0), self.online(v1)
         z0, z1 = self.target(v0), self.target(v1)
-        loss = 4.0 + 2.0 * (self.criterion(p0, z1) + self.criterion(p1, z0))
+        loss = self.byol_loss(p0, p1, z0, z1)
+        p0, p1, z0, z1 = fp32(p0, p1, z0, z1)
         with torch.no_grad():
             z_std = F.normalize(torch.cat([z0, z1]), dim=1).std(0).mean().item()  # collapse -> 0
         return {"loss": loss, "momentum": self.momentum_at(progress), "target_std": z_std}
+
+    def byol_loss(self, p0: Tensor, p1: Tensor, z0: Tensor, z1: Tensor) -> Tensor:
+        """``(2 - 2 cos(p0, z1)) + (2 - 2 cos(p1, z0))``, batch mean, in float32 also under autocast."""
+        p0, p1, z0, z1 = fp32(p0, p1, z0, z1)
+        with no_autocast(p0):
+            return 4.0 + 2.0 * (self.criterion(p0, z1) + self.criterion(p1, z0))
 
     @torch.no_grad()
     def on_train_batch_end(self, progress: float) -> None:

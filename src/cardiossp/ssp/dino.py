@@ -42,6 +42,8 @@ from .base import (
     build_backbone,
     encoder_key_map,
     encoder_state,
+    fp32,
+    no_autocast,
     pooled,
     require,
 )
@@ -89,6 +91,13 @@ class DINO(SSPMethod):
         "local_scale": (0.05, 0.14),
         "transfer_from": "student",
     }
+
+    @classmethod
+    def schedule_options(cls, epochs: int) -> dict:
+        """``epochs`` = the run's, and the 30-epoch teacher-temperature warm-up clamped to it (it
+        cannot be longer than a short run, e.g. the tiny / cpu presets)."""
+        return {"epochs": int(epochs), "warmup_teacher_temp_epochs": min(cls.defaults["warmup_teacher_temp_epochs"],
+                                                                         int(epochs))}
 
     def __init__(
         self,
@@ -173,8 +182,14 @@ class DINO(SSPMethod):
         if locals_:
             student_out += self._embed(self.student_backbone, self.student_head, locals_)
         temp = self.teacher_temp_at(progress)
-        loss = self.criterion(teacher_out, student_out, teacher_temp=temp)
+        loss = self.distillation_loss(teacher_out, student_out, temp)
         return {"loss": loss, "teacher_temp": temp}
+
+    def distillation_loss(self, teacher_out: list[Tensor], student_out: list[Tensor], teacher_temp: float) -> Tensor:
+        """lightly's ``DINOLoss`` (softmaxes, cross-entropies, centre update) in float32, also under autocast."""
+        teacher_out, student_out = fp32(*teacher_out), fp32(*student_out)
+        with no_autocast(student_out[0]):
+            return self.criterion(teacher_out, student_out, teacher_temp=teacher_temp)
 
     def on_after_backward(self, epoch: int) -> None:
         self.student_head.cancel_last_layer_gradients(epoch)

@@ -64,6 +64,7 @@ class MIM(SSPMethod):
 
     name = "mim"
     transfers = "encoder+decoder"
+    find_unused_parameters = True  # DDP: without deep supervision the decoder's coarser output convs idle
     defaults = {
         **SSPMethod.defaults,
         "patch_size": None,

@@ -29,7 +29,7 @@ from lightly.utils import dist as ldist
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .base import SSP_METHODS, require
+from .base import SSP_METHODS, fp32, no_autocast, require
 from .simclr import SimCLR
 
 
@@ -131,5 +131,8 @@ class PCL(SimCLR):
         )
 
     def contrastive_loss(self, z0: Tensor, z1: Tensor, batch: dict) -> Tensor:
+        """The PCL loss of projections ``z0``, ``z1`` (B, D), in float32 also under autocast."""
         (positions,) = require(batch, "position")
-        return self.criterion(z0, z1, torch.as_tensor(positions))
+        z0, z1 = fp32(z0, z1)
+        with no_autocast(z0):
+            return self.criterion(z0, z1, torch.as_tensor(positions))

@@ -232,6 +232,7 @@ class AnatomicalPosition(SSPMethod):
     name = "position"
     transfers = "encoder"
     all_views = True  # the view target needs long-axis slices too
+    multitask = True  # SSL+MultiTask: its pretext loss works on labeled slices too
     defaults: ClassVar[dict] = {
         **SSPMethod.defaults,
         "position_bins": 5,
@@ -260,6 +261,10 @@ class AnatomicalPosition(SSPMethod):
 
     def transferable_state(self) -> dict[str, Tensor]:
         return encoder_state(self.encoder, self._key_map)
+
+    def extra_record(self) -> dict:
+        """``{"pretext": pretext_record()}``: the head, for SSL+MultiTask fine-tuning."""
+        return {"pretext": self.pretext_record()}
 
     def pretext_record(self) -> dict:
         """The head for SSL+MultiTask: ``{"options": {...}, "state_dict": {...}}``."""

@@ -1,7 +1,8 @@
 """Schedules as pure functions of the training fraction ``progress`` in [0, 1].
 
-``progress = step / (total_steps - 1)`` (or ``epoch_float / epochs``) is computed once by
-the engine; every schedule here is a stateless function of it, so resuming a run or
+``progress = progress(step, total_steps) = min(1, step / total_steps)`` is computed once by
+the engine (the one definition: the pretraining module's schedules and its learning rate
+use it); every schedule here is a stateless function of it, so resuming a run or
 testing a schedule needs no optimizer or scheduler object (DESIGN habit 6, after DINO's
 ``cosine_scheduler``, Caron et al. 2021, https://arxiv.org/abs/2104.14294).
 
@@ -12,6 +13,13 @@ b)`` at ``p = step / (max_steps - 1)`` (tested).
 from __future__ import annotations
 
 import math
+
+
+def progress(step: int, total: int) -> float:
+    """Fraction of training done after ``step`` of ``total`` steps: ``min(1, step / max(1, total))``."""
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    return min(1.0, step / max(1, total))
 
 
 def _check_progress(progress: float) -> float:

@@ -25,6 +25,8 @@ from .base import (
     build_backbone,
     encoder_key_map,
     encoder_state,
+    fp32,
+    no_autocast,
     pooled,
     require,
 )
@@ -82,14 +84,17 @@ class SimCLR(SSPMethod):
         return self.projection_head(pooled(self.encoder, x))
 
     def contrastive_loss(self, z0: Tensor, z1: Tensor, batch: dict) -> Tensor:
-        return self.criterion(z0, z1)
+        """The loss of projections ``z0``, ``z1`` (B, D), in float32 also under autocast."""
+        z0, z1 = fp32(z0, z1)
+        with no_autocast(z0):
+            return self.criterion(z0, z1)
 
     def forward_loss(self, batch: dict, progress: float) -> dict:
         v0, v1 = require(batch, "view0", "view1")
         z0, z1 = self.embed(torch.cat([v0, v1])).chunk(2)
         loss = self.contrastive_loss(z0, z1, batch)
         with torch.no_grad():
-            twin_cos = F.cosine_similarity(z0, z1, dim=1).mean().item()
+            twin_cos = F.cosine_similarity(*fp32(z0, z1), dim=1).mean().item()
         return {"loss": loss, "twin_cos": twin_cos}
 
     def transferable_state(self) -> dict[str, Tensor]:

@@ -4,6 +4,8 @@ progress, per-epoch log lines. Segmentation training and pretraining both use it
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 import time
 from pathlib import Path
 
@@ -15,14 +17,101 @@ from lightning.pytorch.loggers import CSVLogger
 
 from ..errors import ConfigError
 
+CPUINFO = Path("/proc/cpuinfo")
+_CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 flags of native bf16 arithmetic (Cooper Lake, Sapphire Rapids+)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU does bf16 arithmetic natively (x86 ``avx512_bf16`` / ``amx_bf16``, Arm ``bf16``),
+    so ``bf16-mixed`` is faster than fp32 there rather than emulated. Asks torch first
+    (``torch.backends.cpu.get_cpu_capability()``, when it names AMX or BF16), then the kernel's
+    ``/proc/cpuinfo`` flags; False when neither tells (e.g. macOS)."""
+    try:
+        capability = str(torch.backends.cpu.get_cpu_capability()).upper()
+    except (AttributeError, RuntimeError):
+        capability = ""
+    if "AMX" in capability or "BF16" in capability:
+        return True
+    try:
+        text = CPUINFO.read_text(errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key, flags = key.strip().lower(), set(value.split())
+        if key == "flags" and flags & set(_CPU_BF16_FLAGS):
+            return True
+        if key == "features" and "bf16" in flags:  # aarch64 (Armv8.6 BF16, e.g. Graviton3, Neoverse V1/V2)
+            return True
+    return False
+
+
+def cuda_has_native_bf16() -> bool:
+    """bf16 in hardware (Ampere+), not the emulation ``is_bf16_supported()`` accepts by default."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch without the keyword (< 2.3): it checks the hardware then
+        return bool(torch.cuda.is_bf16_supported())
+
 
 def resolve_precision(precision: str, accelerator: str = "auto") -> str:
-    """auto: bf16-mixed on GPUs that support it, else 16-mixed on CUDA, 32-true on the CPU."""
+    """``auto``: bf16-mixed on CUDA GPUs with native bf16, 16-mixed on older CUDA GPUs, bf16-mixed on
+    CPUs with native bf16 (:func:`cpu_has_native_bf16`), 32-true elsewhere (other accelerators, older
+    CPUs). Any other value is returned unchanged."""
     if precision != "auto":
         return precision
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        return "bf16-mixed" if cuda_has_native_bf16() else "16-mixed"
+    if accelerator in ("auto", "cpu") and cpu_has_native_bf16():
+        return "bf16-mixed"
     return "32-true"
+
+
+def steps_per_epoch(trainer: L.Trainer, n_samples: int, batch_size: int) -> int:
+    """Optimizer steps per epoch on every rank: ``SeededSampler`` pads ``n_samples`` to a multiple of
+    ``trainer.world_size`` (num_nodes x devices, known once ``L.Trainer(...)`` is built), so each rank
+    gets ``ceil(n_samples / world)`` items, in batches of ``batch_size`` with ``drop_last``; at least 1."""
+    world = max(1, int(trainer.world_size))
+    return max(1, math.ceil(n_samples / world) // batch_size)
+
+
+def may_be_distributed(devices: int | str | list, num_nodes: int = 1, accelerator: str = "auto") -> bool:
+    """Whether Lightning may start more than one process: more than one node, an explicit device count
+    (or list) above 1, ``auto``/``-1`` devices with more than one CUDA device, or a SLURM / torchelastic
+    launch of several tasks (Lightning reads those environments itself)."""
+    if num_nodes > 1 or _cluster_world_size() > 1:
+        return True
+    if isinstance(devices, (list, tuple)):
+        return len(devices) > 1
+    text = str(devices).strip()
+    if text in ("auto", "-1"):
+        return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 1
+    if "," in text:  # "0,1": a list of device ids
+        return len([d for d in text.split(",") if d.strip()]) > 1
+    try:
+        return int(text) > 1
+    except ValueError:
+        return False
+
+
+def _sync_batchnorm_runs_on(accelerator: str) -> bool:
+    """torch's SyncBatchNorm supports CUDA (and XPU/HPU) inputs only; on the CPU it raises."""
+    if accelerator in ("gpu", "cuda", "xpu", "hpu"):
+        return True
+    return accelerator == "auto" and torch.cuda.is_available()
+
+
+def _cluster_world_size() -> int:
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    try:
+        if TorchElasticEnvironment.detect():
+            return int(os.environ.get("WORLD_SIZE", "1"))
+        if SLURMEnvironment.detect():
+            return int(os.environ.get("SLURM_NTASKS", "1"))
+    except ValueError:
+        return 1
+    return 1
 
 
 class EpochLine(Callback):
@@ -64,9 +153,17 @@ def build_trainer(
     num_nodes: int = 1,
     limit_val_batches: float | int | None = None,
     find_unused_parameters: bool = False,
+    sync_batchnorm: bool = True,
 ) -> L.Trainer:
     """Checkpoints go to ``out/checkpoints`` (``last.ckpt`` every epoch, ``best.ckpt`` by ``monitor``),
-    metrics to ``out/logs/metrics.csv``; ``loggers`` adds any of tensorboard, wandb, mlflow."""
+    metrics to ``out/logs/metrics.csv``; ``loggers`` adds any of tensorboard, wandb, mlflow.
+
+    Whenever the run may have more than one process (:func:`may_be_distributed`) the strategy is
+    ``DDPStrategy(find_unused_parameters=...)`` (NCCL on GPUs, gloo on the CPU), with
+    ``sync_batchnorm`` converting every BatchNorm to SyncBatchNorm (statistics over the global
+    batch) on accelerators torch's SyncBatchNorm runs on (CUDA; it raises on CPU tensors, so CPU
+    DDP keeps per-process BatchNorm statistics). ``trainer.world_size`` and ``trainer.is_global_zero``
+    are valid right after this returns."""
     # last.ckpt after every training epoch (resume point); best.ckpt at validations by ``monitor``.
     # (Lightning writes save_last files only alongside a top-k save, so "last" is a top-1 of the latest.)
     ckpts = [ModelCheckpoint(dirpath=out / "checkpoints", filename="last", monitor=None, save_top_k=1,
@@ -91,8 +188,8 @@ def build_trainer(
         else:
             raise ValueError(f"unknown logger {name!r}; choose tensorboard, wandb or mlflow")
     bars = [RichProgressBar() if _rich_ok() else TQDMProgressBar()] if progress else []
-    strategy = "auto"
-    if devices not in ("auto", 1, "1") or num_nodes > 1:
+    strategy, ddp = "auto", may_be_distributed(devices, num_nodes, accelerator)
+    if ddp:
         from lightning.pytorch.strategies import DDPStrategy
 
         strategy = DDPStrategy(find_unused_parameters=find_unused_parameters)  # NCCL on GPUs, gloo on the CPU
@@ -103,6 +200,7 @@ def build_trainer(
         devices=devices,
         num_nodes=num_nodes,
         strategy=strategy,
+        sync_batchnorm=bool(sync_batchnorm and ddp and _sync_batchnorm_runs_on(accelerator)),
         precision=resolve_precision(precision, accelerator),
         gradient_clip_val=grad_clip or None,
         check_val_every_n_epoch=val_every,
@@ -130,9 +228,14 @@ def resume_point(out: Path, resume: bool, finished_marker: str) -> str | None:
 
 
 @contextlib.contextmanager
-def kept_metrics(out: Path, resume: bool):
+def kept_metrics(out: Path, resume: bool, enabled: bool = True):
     """Lightning's CSV logger deletes ``metrics.csv`` when a run resumes; keep the earlier rows
-    and put them back in front of the new ones when the run ends (also when it fails)."""
+    and put them back in front of the new ones when the run ends (also when it fails).
+    ``enabled=False`` (pass ``trainer.is_global_zero``) makes it a no-op on the ranks that do not
+    write the CSV, so they do not race rank 0 for the same files on a shared disk."""
+    if not enabled:
+        yield
+        return
     path = out / "logs" / "metrics.csv"
     before = out / "logs" / "metrics.before-resume.csv"
     if resume and path.is_file():

@@ -17,23 +17,26 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
 from ..config import TrainConfig, save_run_config
-from ..data.augment import build_transforms, val_transforms
-from ..data.datasets import LabeledSlices
+from ..data.augment import build_transforms, spatial_transforms, val_transforms
+from ..data.datasets import LabeledSlices, UnlabeledSlices
 from ..data.slices import SliceCache
 from ..data.splits import load_split, training_subjects
 from ..errors import ConfigError
 from ..models import deep_supervision_scales
-from .engine import build_trainer, kept_metrics, resume_point
-from .sampling import SeededItems, SeededSampler, worker_threads
+from ..semi import SEMI_METHODS
+from .engine import build_trainer, kept_metrics, resume_point, steps_per_epoch
+from .sampling import PaddedEval, SeededItems, SeededSampler, ShardedEvalSampler, worker_threads
 from .segmentation import SegmentationModule
 
 
-def _loader(dataset, batch_size: int, num_workers: int, sampler=None, shuffle=False) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle, num_workers=num_workers,
-                      worker_init_fn=worker_threads if num_workers else None, drop_last=sampler is not None,
+def _loader(dataset, batch_size: int, num_workers: int, sampler=None, drop_last=None) -> DataLoader:
+    drop = isinstance(sampler, SeededSampler) if drop_last is None else drop_last
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      worker_init_fn=worker_threads if num_workers else None, drop_last=drop,
                       persistent_workers=False, pin_memory=torch.cuda.is_available())
 
 
@@ -47,7 +50,8 @@ def train_segmentation(
     loggers: tuple[str, ...] = (),
     callbacks: list | None = None,
 ) -> Path:
-    """Train (or fine-tune, with ``cfg.finetune.init``) on the split's training subjects; returns ``out``."""
+    """Train (or fine-tune, with ``cfg.finetune.init``) on the split's training subjects; returns ``out``.
+    With ``cfg.semi.method`` every step also draws a batch of unlabeled slices (``unlabeled_pool``)."""
     out = Path(out)
     ckpt_path = resume_point(out, resume, "done.json")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -60,39 +64,62 @@ def train_segmentation(
     train_ds = LabeledSlices(sc, train_ids, d.phases, build_transforms(d.augment, (d.patch_size,) * 2, ds_scales))
     val_ds = LabeledSlices(sc, sp["val"], ("ED", "ES"), val_transforms((sc.size,) * 2)) if sp["val"] else None
     s = cfg.schedule
-    if s.epoch_mode == "iterations":
-        sampler = SeededSampler(len(train_ds), cfg.seed, num_samples=s.iters_per_epoch * d.batch_size)
-    elif s.epoch_mode == "pass":
-        sampler = SeededSampler(len(train_ds), cfg.seed)
-    else:
+    if s.epoch_mode not in ("iterations", "pass"):
         raise ConfigError(f"schedule.epoch_mode must be 'iterations' or 'pass', got {s.epoch_mode!r}")
-    world = 1 if cfg.devices in ("auto", 1, "1") else int(cfg.devices)
-    steps_per_epoch = max(1, len(sampler) // (d.batch_size * world) if world > 1 else len(sampler) // d.batch_size)
+    semi = SEMI_METHODS.get(cfg.semi.method) if cfg.semi.method else None
+    trainer = build_trainer(out, s.epochs, cfg.precision, cfg.accelerator, cfg.devices, num_nodes=cfg.num_nodes,
+                            grad_clip=cfg.optim.grad_clip, val_every=s.val_every, loggers=loggers,
+                            progress=progress, monitor="val_dice" if val_ds else None,
+                            find_unused_parameters=bool(semi and semi.find_unused_parameters),
+                            callbacks=_finetune_callbacks(cfg) + list(callbacks or []))
+    n_items = s.iters_per_epoch * d.batch_size * trainer.world_size if s.epoch_mode == "iterations" else None
+    sampler = SeededSampler(len(train_ds), cfg.seed, num_samples=n_items)
+    steps = steps_per_epoch(trainer, n_items or len(train_ds), d.batch_size)
     lr = cfg.finetune.lr if cfg.finetune.init else cfg.optim.lr
-    module = SegmentationModule(cfg, total_steps=steps_per_epoch * s.epochs, lr=lr)
+    module = SegmentationModule(cfg, total_steps=steps * s.epochs, lr=lr)
     if cfg.finetune.init and not resume:
         from .transfer import apply_finetune_init
 
         apply_finetune_init(module, cfg.finetune)
-    save_run_config(cfg, out, cache=str(Path(cache).resolve()), split=str(Path(split).resolve()),
-                    train_subjects=train_ids, train_slices=len(train_ds))
-    trainer = build_trainer(out, s.epochs, cfg.precision, cfg.accelerator, cfg.devices,
-                            grad_clip=cfg.optim.grad_clip, val_every=s.val_every, loggers=loggers,
-                            progress=progress, monitor="val_dice" if val_ds else None,
-                            callbacks=_finetune_callbacks(cfg) + list(callbacks or []))
+    train_loader = _loader(SeededItems(train_ds), d.batch_size, d.num_workers, sampler=sampler)
+    extra = {}
+    if semi is not None:
+        pool = unlabeled_pool(sp, train_ids, cfg.subset)
+        unl_ds = UnlabeledSlices(sc, pool, transform=spatial_transforms(d.augment, (d.patch_size,) * 2))
+        bu = cfg.semi.unlabeled_batch_size or d.batch_size
+        unl_sampler = SeededSampler(len(unl_ds), cfg.seed + 1, num_samples=steps * bu * trainer.world_size)
+        unl_loader = _loader(SeededItems(unl_ds), bu, d.num_workers, sampler=unl_sampler)
+        train_loader = CombinedLoader({"labeled": train_loader, "unlabeled": unl_loader}, mode="min_size")
+        extra = {"semi": cfg.semi.method, "unlabeled_subjects": len(pool), "unlabeled_slices": len(unl_ds)}
+    if trainer.is_global_zero:
+        save_run_config(cfg, out, cache=str(Path(cache).resolve()), split=str(Path(split).resolve()),
+                        train_subjects=train_ids, train_slices=len(train_ds), **extra)
+    val_loader = None
+    if val_ds is not None:
+        val_loader = _loader(PaddedEval(val_ds), d.batch_size, d.num_workers, sampler=ShardedEvalSampler(len(val_ds)))
     t0 = time.time()
     with kept_metrics(out, resume):
-        trainer.fit(module, _loader(SeededItems(train_ds), d.batch_size, d.num_workers, sampler=sampler),
-                    _loader(val_ds, d.batch_size, d.num_workers) if val_ds else None,
-                    ckpt_path=ckpt_path)
+        trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
     if trainer.global_rank == 0 and trainer.current_epoch >= s.epochs:  # not when stopped early
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         done = {"seconds": time.time() - t0, "epochs": s.epochs, "steps": trainer.global_step,
-                "train_subjects": len(train_ids), "metrics": metrics}
+                "train_subjects": len(train_ids), "metrics": metrics, **extra}
         tmp = out / "done.json.tmp"
         tmp.write_text(json.dumps(done, indent=2))
         tmp.replace(out / "done.json")
     return out
+
+
+def unlabeled_pool(split: dict, labeled: list[str], subset: str | None = None) -> list[str]:
+    """Subjects whose slices semi-supervised training may use without labels: the split's training
+    subjects outside the label budget (within ``subset`` if one is named) plus its unlabeled
+    subjects; never val or test."""
+    train = split["subsets"][subset] if subset else split["train"]
+    pool = sorted((set(train) - set(labeled)) | set(split.get("unlabeled", [])))
+    if not pool:
+        raise ConfigError("semi-supervised training needs unlabeled subjects, but the label budget takes every "
+                          "training subject and the split lists no unlabeled ones")
+    return pool
 
 
 def _finetune_callbacks(cfg: TrainConfig) -> list:

@@ -1,8 +1,13 @@
 """Lightning module and run function for self-supervised pretraining.
 
 The engine owns the loop (optimiser, schedule, AMP, clipping, checkpoints, DDP); the
-method (``cardiossp.ssp``) owns its views, loss and hooks (DESIGN habit 1). Optimiser:
-SGD with linear warm-up then cosine decay per step (SPEC §3). At the end the run writes
+method (``cardiossp.ssp``) owns its views, loss and hooks (DESIGN habit 1); what the engine
+needs to know about a method it reads from the method's class (``find_unused_parameters``,
+``schedule_options``, ``extra_record``), never from its name. Optimiser: SGD with linear
+warm-up then cosine decay per step (SPEC §3), ``schedules.warmup_cosine`` of the same
+``schedules.progress`` every method schedule uses. Steps per epoch come from the trainer's
+world size (``engine.steps_per_epoch``), so the schedule spans the run on any number of
+processes and nodes. At the end the run writes
 ``RUN/pretrained.pt``: the method's transferable state in the segmentation model's key
 namespace, with the model config and method name (loaded with ``weights_only=True``).
 """
@@ -10,7 +15,6 @@ namespace, with the model config and method name (loaded with ``weights_only=Tru
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -24,17 +28,18 @@ from ..data.labels import NUM_CLASSES
 from ..data.slices import SliceCache
 from ..data.splits import load_split, pretraining_subjects
 from ..models import build_from_config
-from ..ssp import SSP_METHODS, build_method
-from .engine import build_trainer, kept_metrics, resume_point
+from ..ssp import SSP_METHODS, build_method, schedules
+from .engine import build_trainer, kept_metrics, resume_point, steps_per_epoch
 from .sampling import SeededItems, SeededSampler, worker_threads
 
 
-def warmup_cosine(step: int, total: int, warmup: int) -> float:
-    """LR factor: linear 0->1 over ``warmup`` steps, then cosine 1->0 at ``total``."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor at optimizer step ``step`` of ``total``: linear 0 -> 1 over the first
+    ``warmup`` steps, then cosine 1 -> 0 at ``total`` (``schedules.warmup_cosine`` of
+    ``schedules.progress(step, total)``)."""
+    total = max(1, total)
+    return schedules.warmup_cosine(schedules.progress(step, total), base=1.0, final=0.0,
+                                   warmup_fraction=min(1.0, max(0, warmup) / total))
 
 
 class PretrainModule(L.LightningModule):
@@ -48,18 +53,15 @@ class PretrainModule(L.LightningModule):
         def backbone(num_classes: int, deep_supervision: bool):  # any registered model (+ model.encoder_weights)
             return build_from_config(m, num_classes, deep_supervision)
 
-        options = {"input_size": self.cfg.data.input_size, "augment": self.cfg.data.augment, **self.cfg.method_options}
-        if self.cfg.method == "dino":
-            options.setdefault("epochs", self.cfg.schedule.epochs)
-            # DINO's 30-epoch teacher-temperature warm-up cannot be longer than a short run (tiny/cpu presets)
-            warm = SSP_METHODS.get("dino").defaults["warmup_teacher_temp_epochs"]
-            options.setdefault("warmup_teacher_temp_epochs", min(warm, options["epochs"]))
+        options = {"input_size": self.cfg.data.input_size, "augment": self.cfg.data.augment,
+                   **SSP_METHODS.get(self.cfg.method).schedule_options(self.cfg.schedule.epochs),
+                   **self.cfg.method_options}  # the user's options win
         self.method = build_method(self.cfg.method, backbone, options)
         self.total_steps = max(1, total_steps)
         self.steps_per_epoch = max(1, steps_per_epoch)
 
     def progress(self) -> float:
-        return min(1.0, self.global_step / self.total_steps)
+        return schedules.progress(self.global_step, self.total_steps)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self.method.forward_loss(batch, self.progress())
@@ -86,16 +88,19 @@ class PretrainModule(L.LightningModule):
         opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
                               weight_decay=o.weight_decay)
         warm = o.warmup_epochs * self.steps_per_epoch
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, self.total_steps, warm))
+        total = self.total_steps
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total, warm))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def pretrained_record(self) -> dict:
         record = {"format": "cardiossp-pretrained-1", "method": self.cfg.method, "transfers": self.method.transfers,
                   "model": to_dict(self.cfg.model), "num_classes": NUM_CLASSES,
                   "state_dict": {k: v.detach().cpu() for k, v in self.method.transferable_state().items()}}
-        if hasattr(self.method, "pretext_record"):  # position: its head, for SSL+MultiTask fine-tuning
-            record["pretext"] = self.method.pretext_record()
-        return record
+        extra = self.method.extra_record()  # e.g. position: its pretext head, for SSL+MultiTask fine-tuning
+        clash = sorted(set(extra) & set(record))
+        if clash:
+            raise ValueError(f"{self.cfg.method}.extra_record() would overwrite {clash}")
+        return {**record, **extra}
 
 
 def _batch_size(batch: dict) -> int:
@@ -122,32 +127,37 @@ def pretrain(cfg: PretrainConfig, cache: str | Path, out: str | Path, split: str
         sa_only = views is not None and not all_views
         subjects = sc.subjects["subject"][views == "SA"].tolist() if sa_only else sc.subject_ids()
     d, s = cfg.data, cfg.schedule
-    world = 1 if cfg.devices in ("auto", 1, "1") else int(cfg.devices)
+    method_cls = SSP_METHODS.get(cfg.method)
     # Build once to get the view maker (workers receive only it, not the network).
     probe = PretrainModule(cfg)
     dataset = UnlabeledSlices(sc, subjects, transform=probe.method.view_maker)
     n = s.iters_per_epoch * d.batch_size if s.epoch_mode == "iterations" else None
     sampler = SeededSampler(len(dataset), cfg.seed, num_samples=n)
-    steps_per_epoch = max(1, len(sampler) // (d.batch_size * world))
-    module = PretrainModule(cfg, total_steps=steps_per_epoch * s.epochs, steps_per_epoch=steps_per_epoch)
-    module.method.load_state_dict(probe.method.state_dict())
-    save_run_config(cfg, out, cache=str(Path(cache).resolve()), split=str(Path(split).resolve()) if split else None,
-                    pretrain_subjects=len(subjects), pretrain_slices=len(dataset))
+    # The trainer first: its world size (num_nodes x devices, whatever "auto" resolved to) sets the schedule.
     trainer = build_trainer(out, s.epochs, cfg.precision, cfg.accelerator, cfg.devices, monitor=None,
                             grad_clip=cfg.optim.grad_clip, loggers=loggers, progress=progress,
-                            find_unused_parameters=cfg.method == "mim")
+                            num_nodes=int(getattr(cfg, "num_nodes", 1)),
+                            find_unused_parameters=method_cls.find_unused_parameters)
+    per_epoch = steps_per_epoch(trainer, n or len(dataset), d.batch_size)
+    module = PretrainModule(cfg, total_steps=per_epoch * s.epochs, steps_per_epoch=per_epoch)
+    module.method.load_state_dict(probe.method.state_dict())
+    if trainer.is_global_zero:
+        save_run_config(cfg, out, cache=str(Path(cache).resolve()),
+                        split=str(Path(split).resolve()) if split else None,
+                        pretrain_subjects=len(subjects), pretrain_slices=len(dataset), world_size=trainer.world_size)
     loader = DataLoader(SeededItems(dataset), batch_size=d.batch_size, sampler=sampler, num_workers=d.num_workers,
                         worker_init_fn=worker_threads if d.num_workers else None, drop_last=True,
                         pin_memory=torch.cuda.is_available())
     t0 = time.time()
-    with kept_metrics(out, resume):
+    with kept_metrics(out, resume, enabled=trainer.is_global_zero):
         trainer.fit(module, loader, ckpt_path=ckpt_path)
-    if trainer.global_rank == 0 and trainer.current_epoch >= s.epochs:  # not when stopped early
+    if trainer.is_global_zero and trainer.current_epoch >= s.epochs:  # not when stopped early
         tmp = out / "pretrained.pt.tmp"
         torch.save(module.pretrained_record(), tmp)
         tmp.replace(out / "pretrained.pt")
         seconds = time.time() - t0
         (out / "done.json").write_text(json.dumps({
-            "seconds": seconds, "epochs": s.epochs, "steps": trainer.global_step,
-            "slices_per_second": trainer.global_step * d.batch_size * world / max(seconds, 1e-9)}, indent=2))
+            "seconds": seconds, "epochs": s.epochs, "steps": trainer.global_step, "world_size": trainer.world_size,
+            "slices_per_second": trainer.global_step * d.batch_size * trainer.world_size / max(seconds, 1e-9)},
+            indent=2))
     return out

@@ -1,7 +1,8 @@
 """Lightning module for supervised segmentation (training from scratch and fine-tuning).
 
-Loss: Dice + cross-entropy over the deep-supervision outputs, weights 1/2^i normalised
-(SPEC §2). Optimiser (de Mooij et al. 2024, Appendix A; nnU-Net): SGD with Nesterov
+Loss: Dice + cross-entropy over the deep-supervision outputs, weights 1/2^i normalised.
+With ``cfg.semi.method`` a batch is ``{"labeled": ..., "unlabeled": ...}`` and the
+semi-supervised method (``cardiossp.semi``) turns both into the step's loss. Optimiser (de Mooij et al. 2024, Appendix A; nnU-Net): SGD with Nesterov
 momentum, polynomial decay ``lr * (1 - step/total)^0.9`` per iteration. Validation
 reports nnU-Net's "pseudo Dice" per class: true/false positives and negatives summed
 over every validation slice (all ranks), 2TP / (2TP + FP + FN). The honest per-subject 3D
@@ -17,6 +18,7 @@ from torch import Tensor
 from ..config import TrainConfig, from_dict, to_dict
 from ..data.labels import task_class_names, task_lut, task_num_classes
 from ..models import build_from_config, deep_supervision_scales
+from ..errors import ConfigError
 from .losses import DeepSupervisionLoss, DiceCELoss
 
 
@@ -53,6 +55,13 @@ class SegmentationModule(L.LightningModule):
         self.total_steps = max(1, total_steps)
         self.lr = lr if lr is not None else self.cfg.optim.lr
         self._val_stats: Tensor | None = None
+        if self.cfg.semi.method:  # its EMA teacher (if any) is part of the checkpoint
+            from ..semi import build_semi
+
+            if self.cfg.finetune.strategy == "multitask":
+                raise ConfigError("strategy multitask cannot be combined with a semi-supervised method yet; "
+                                  "use all, frozen-encoder or warmup-frozen")
+            self.semi = build_semi(self.cfg.semi.method, self.model, self.cfg.semi.options)
         if self.cfg.finetune.strategy == "multitask":  # SSL+MultiTask: the position run's pretext head trains too
             from .transfer import multitask_pretext
 
@@ -61,8 +70,26 @@ class SegmentationModule(L.LightningModule):
     def forward(self, x: Tensor):
         return self.model(x)
 
+    def progress(self) -> float:
+        return min(1.0, self.global_step / self.total_steps)
+
+    def _semi_terms(self, batch: dict) -> dict:
+        from ..semi import Step, step_generator
+
+        lab, unl = batch["labeled"], batch["unlabeled"]
+        gen = step_generator(self.cfg.seed + 7919 * self.global_rank, self.global_step, lab["image"].device)
+        step = Step(progress=self.progress(), global_step=self.global_step, generator=gen)
+        return self.semi.training_terms(self.model, self.loss.terms, lab, unl, step)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if hasattr(self, "semi"):
+            self.semi.on_train_batch_end(self.model, self.global_step)
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        if hasattr(self, "pretext"):  # SSL+MultiTask (Bai et al. 2019): + pretext_weight * pretext loss
+        if hasattr(self, "semi"):
+            terms = self._semi_terms(batch)
+            batch = batch["labeled"]
+        elif hasattr(self, "pretext"):  # SSL+MultiTask (Bai et al. 2019): + pretext_weight * pretext loss
             from .transfer import multitask_terms
 
             terms = multitask_terms(self.model, self.pretext, self.loss, batch, self.cfg.finetune.pretext_weight)
@@ -76,14 +103,17 @@ class SegmentationModule(L.LightningModule):
             )
         bs = batch["image"].shape[0]
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
-        self.log_dict({f"train_{k}": v for k, v in terms.items() if k != "loss"}, on_step=False, on_epoch=True,
-                      batch_size=bs)
+        self.log_dict({f"train_{k}": v.float() for k, v in terms.items() if k != "loss"}, on_step=False,
+                      on_epoch=True, batch_size=bs)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, batch_size=bs)
         return loss
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Map the internal labels of ``batch['segmentation']`` (one tensor or one per deep-supervision scale)
         to the task's classes; nearest-neighbour downsampled targets commute with this per-pixel lookup."""
+        if isinstance(batch, dict) and "labeled" in batch:  # semi-supervised: only the labeled part has labels
+            batch["labeled"] = self.on_after_batch_transfer(batch["labeled"], dataloader_idx)
+            return batch
         seg = batch.get("segmentation") if isinstance(batch, dict) else None
         if seg is not None and self.cfg.data.task != "cardiac":
             lut = self.task_lut.to(seg[0].device if isinstance(seg, (list, tuple)) else seg.device)
@@ -99,8 +129,10 @@ class SegmentationModule(L.LightningModule):
         target = batch["segmentation"]
         target = (target[0] if isinstance(target, (list, tuple)) else target)[:, 0]
         pred = logits.argmax(1)
+        valid = batch.get("valid")  # 0 for the padding a DDP rank repeats (ShardedEvalSampler)
+        keep = torch.ones_like(pred, dtype=torch.bool) if valid is None else valid.bool()[:, None, None].expand_as(pred)
         for c in range(1, self.num_classes):
-            p, t = pred == c, target == c
+            p, t = (pred == c) & keep, (target == c) & keep
             self._val_stats[0, c - 1] += (p & t).sum()
             self._val_stats[1, c - 1] += (p & ~t).sum()
             self._val_stats[2, c - 1] += (~p & t).sum()
@@ -117,7 +149,8 @@ class SegmentationModule(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.cfg.optim
-        opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=o.momentum, nesterov=o.nesterov,
+        params = [p for n, p in self.named_parameters() if not n.startswith("semi.")]  # not the EMA teacher
+        opt = torch.optim.SGD(params, lr=self.lr, momentum=o.momentum, nesterov=o.nesterov,
                               weight_decay=o.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: poly_lr(s, self.total_steps, o.poly_power))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

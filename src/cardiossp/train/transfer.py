@@ -30,7 +30,13 @@ from ..models import group_parameters
 
 log = logging.getLogger("cardiossp")
 STRATEGIES = ("all", "frozen-encoder", "warmup-frozen", "multitask")
-MULTITASK_METHODS = ("position",)
+
+
+def multitask_methods() -> list[str]:
+    """Registered SSP methods whose pretext head can keep training in fine-tuning (``SSPMethod.multitask``)."""
+    from ..ssp import SSP_METHODS
+
+    return [name for name in SSP_METHODS.names() if SSP_METHODS.get(name).multitask]
 
 
 def load_pretrained(path: str | Path) -> dict:
@@ -136,8 +142,9 @@ def multitask_pretext(ft: FinetuneConfig, model: nn.Module) -> nn.Module:
         raise ConfigError("strategy multitask needs finetune.init: a 'position' pretraining run whose pretext "
                           "head keeps training next to the segmentation")
     record = load_pretrained(ft.init)
-    if record.get("method") not in MULTITASK_METHODS:
-        raise ConfigError(f"{record['path']}: strategy multitask needs a {' or '.join(MULTITASK_METHODS)} pretraining "
+    allowed = multitask_methods()
+    if record.get("method") not in allowed:
+        raise ConfigError(f"{record['path']}: strategy multitask needs a {' or '.join(allowed)} pretraining "
                           f"run (its pretext loss is computed on the labeled slices); this run pretrained "
                           f"{record.get('method')!r}: use strategy all, frozen-encoder or warmup-frozen")
     options, state = pretext_head(record)
