@@ -301,7 +301,7 @@ class Segmenter:
         bad = [t for t in frames if not 0 <= int(t) < meta["n_frames"]]
         if bad:
             raise DataError(cache.path, f"subject {subject} has {meta['n_frames']} frames; asked for {bad}")
-        image = cache.arrays(subject)[0]
+        image = cache.image_array(subject)
         stack = np.stack([np.asarray(image[int(t)], dtype=np.float32) for t in frames]) if frames else \
             np.zeros((0, meta["n_slices"], cache.size, cache.size), np.float32)
         return {int(frames[k]): self._post(probs_to_native(p, geom), largest_component)

@@ -117,3 +117,25 @@ def test_strategy_without_pretraining_is_refused(tmp_path):
                     "studies:\n  label_budget: {methods: ['scratch:frozen-encoder'], budgets: [2]}\n")
     with pytest.raises(ConfigError, match="no pretraining run"):
         expand(load_plan(plan))
+
+
+def test_semi_axis_and_study_lists():
+    """``acdc-few``: ``unimatch`` is scratch + UniMatch, ``mim+unimatch`` UniMatch from the MIM run; a
+    study given as a list of specs adds every part's runs (budgets 3 and 10 for two arms only)."""
+    from cardiossp.experiments.plan import split_semi
+
+    runs = expand(load_plan("acdc-few"))
+    by_name = {r.name: r for r in runs}
+    uni = by_name["runs/unimatch-n5-s0"]
+    assert uni.needs is None and uni.overrides()["semi.method"] == "unimatch"
+    assert sorted(uni.studies) == ["convergence", "label_budget"]
+    both = by_name["runs/mim+unimatch-n10-s2"]
+    assert both.needs == "pretrain/mim-s0" and both.overrides()["semi.method"] == "unimatch"
+    assert "semi.method" not in by_name["runs/mim-n5-s1"].overrides()
+    assert {r.budget for r in runs if r.kind == "train"} == {3, 5, 10}
+    assert "runs/bcp-n3-s0" not in by_name and "runs/scratch-n3-s0" in by_name
+    assert load_plan("acdc-few").budgets() == [3, 5, 10]
+    assert split_semi("mim:frozen-encoder+bcp") == ("mim:frozen-encoder", "bcp")
+    assert split_semi("mean-teacher") == ("scratch", "mean-teacher") and split_semi("mim") == ("mim", None)
+    with pytest.raises(ConfigError, match="not a semi-supervised method"):
+        split_semi("mim+fixmatch")

@@ -94,4 +94,4 @@ def test_ddp_two_cpu_processes(tmp_path, phantom_cache):
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     done = json.loads((tmp_path / "ddp" / "done.json").read_text())
-    assert done["steps"] == 2  # 4 iterations x batch 8 shared by 2 ranks -> 2 steps each
+    assert done["steps"] == 4  # global batch 8 = 4 per rank: the 4 iterations of the 1-process run

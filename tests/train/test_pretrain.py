@@ -136,3 +136,20 @@ def test_dino_teacher_warmup_fits_short_runs():
     assert explicit.method.cfg["warmup_teacher_temp_epochs"] == 1
     long = PretrainModule(load_config(PretrainConfig, "pretrain", "tiny", {"method": "dino", "schedule.epochs": 100}))
     assert long.method.cfg["warmup_teacher_temp_epochs"] == 30  # the paper's value when the run is long enough
+
+
+def test_lr_schedule_is_the_shared_warmup_cosine_of_the_shared_progress():
+    """One definition of progress (``schedules.progress``) and of warm-up + cosine (``schedules.warmup_cosine``)."""
+    from cardiossp.ssp import schedules
+    from cardiossp.train.pretrain import lr_factor
+
+    assert schedules.progress(0, 10) == 0.0 and schedules.progress(5, 10) == 0.5 and schedules.progress(12, 10) == 1.0
+    assert schedules.progress(3, 0) == 1.0
+    assert lr_factor(0, 10, 0) == pytest.approx(1.0) and lr_factor(10, 10, 0) == pytest.approx(0.0)
+    assert lr_factor(5, 10, 0) == pytest.approx(0.5)
+    assert [lr_factor(s, 10, 2) for s in (0, 1, 2)] == pytest.approx([0.0, 0.5, 1.0])  # linear warm-up
+    for s in range(12):
+        assert lr_factor(s, 10, 2) == pytest.approx(
+            schedules.warmup_cosine(schedules.progress(s, 10), 1.0, 0.0, warmup_fraction=0.2))
+    module = PretrainModule(pretrain_cfg("simclr"), total_steps=8)
+    assert module.progress() == schedules.progress(module.global_step, 8)

@@ -20,7 +20,7 @@ def train(
     cache: Path = typer.Option(..., help="cache folder (cardiossp prepare)"),
     split: Path = typer.Option(..., help="split file (cardiossp split)"),
     out: Path = typer.Option(..., help="run folder to create"),
-    preset: str = typer.Option("cpu", help="paper | cpu | tiny, or a YAML file"),
+    preset: str = typer.Option("cpu", help="paper | cpu | few | tiny, or a YAML file"),
     labeled_subjects: Optional[int] = typer.Option(None, help="label budget: N training subjects (a split budget)"),
     subset: Optional[str] = typer.Option(None, help="named subset of the split, e.g. vendor_AB"),
     phases: Optional[str] = typer.Option(None, help="labeled phases to train on: ED, ES or ED,ES"),
@@ -29,6 +29,8 @@ def train(
     strategy: str = typer.Option("all", help="fine-tuning: all | frozen-encoder | warmup-frozen | multitask "
                                  "(segmentation + position pretext loss; --init a position run)"),
     warmup_frozen_epochs: int = typer.Option(0, help="epochs with a frozen encoder for warmup-frozen"),
+    semi: Optional[str] = typer.Option(None, help="semi-supervised fine-tuning on the unlabeled slices too: "
+                                       "mean-teacher | unimatch | bcp"),
     encoder_weights: Optional[Path] = typer.Option(None, help="local file initialising the encoder, e.g. a "
                                                    "torchvision ResNet state dict for resnet_unet / deeplabv3"),
     resume: bool = typer.Option(False, help="continue an interrupted run from its last checkpoint"),
@@ -46,6 +48,8 @@ def train(
             "finetune.warmup_frozen_epochs": warmup_frozen_epochs}
     if init is not None:
         over["finetune.init"] = str(init)
+    if semi is not None:
+        over["semi.method"] = semi
     if encoder_weights is not None:
         over["model.encoder_weights"] = str(encoder_weights.resolve())
     if phases:

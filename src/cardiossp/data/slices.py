@@ -28,12 +28,13 @@ class SliceCache:
         self.subjects = pd.read_csv(self.path / "subjects.csv", dtype={"subject": str, "vendor": str, "centre": str})
         self.size = int(self.info["size"])
         self.spacing = float(self.info["spacing"])
-        self._maps: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._images: dict[str, np.ndarray] = {}
+        self._labels: dict[str, np.ndarray] = {}
         self._meta: dict[str, dict] = {}
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_maps"] = {}
+        state["_images"], state["_labels"] = {}, {}
         return state
 
     def __len__(self) -> int:
@@ -55,13 +56,18 @@ class SliceCache:
 
     def arrays(self, subject: str) -> tuple[np.ndarray, np.ndarray]:
         """(image (T, Z, S, S) float16 memmap, labels (L, Z, S, S) uint8 memmap)."""
-        if subject not in self._maps:
-            folder = self.path / "subjects" / subject
-            self._maps[subject] = (
-                np.load(folder / "image.npy", mmap_mode="r"),
-                np.load(folder / "labels.npy", mmap_mode="r"),
-            )
-        return self._maps[subject]
+        return self.image_array(subject), self.label_array(subject)
+
+    def image_array(self, subject: str) -> np.ndarray:
+        """The image memmap alone: reading unlabeled slices never opens a label file."""
+        if subject not in self._images:
+            self._images[subject] = np.load(self.path / "subjects" / subject / "image.npy", mmap_mode="r")
+        return self._images[subject]
+
+    def label_array(self, subject: str) -> np.ndarray:
+        if subject not in self._labels:
+            self._labels[subject] = np.load(self.path / "subjects" / subject / "labels.npy", mmap_mode="r")
+        return self._labels[subject]
 
     def native_labels(self, subject: str) -> dict[int, np.ndarray]:
         """Labeled frame t -> (X, Y, Z) uint8 labels on the subject's native grid."""
@@ -69,10 +75,10 @@ class SliceCache:
         return {t: np.asarray(arr[i]) for i, t in enumerate(self.meta(subject)["label_frames"])}
 
     def image(self, subject: str, frame: int, z: int) -> np.ndarray:
-        return np.asarray(self.arrays(subject)[0][frame, z], dtype=np.float32)
+        return np.asarray(self.image_array(subject)[frame, z], dtype=np.float32)
 
     def label(self, subject: str, label_index: int, z: int) -> np.ndarray:
-        return np.asarray(self.arrays(subject)[1][label_index, z])
+        return np.asarray(self.label_array(subject)[label_index, z])
 
     def rows(self, subjects=None, labeled: bool | None = None, phases=None) -> pd.DataFrame:
         """Manifest rows filtered by subject keys, labeled flag and phases ('ED', 'ES', 'unlabeled')."""

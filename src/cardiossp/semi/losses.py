@@ -11,7 +11,6 @@ Shapes: ``probs`` / ``logits`` (B, C, H, W); ``target`` (B, H, W) int64; ``mask`
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

@@ -75,6 +75,16 @@ def steps_per_epoch(trainer: L.Trainer, n_samples: int, batch_size: int) -> int:
     return max(1, math.ceil(n_samples / world) // batch_size)
 
 
+def rank_batch(global_batch: int, world: int, key: str) -> int:
+    """The batch of one process. Policy (as nnU-Net's DDP): the global batch, the number of steps and
+    the learning rate do not depend on the number of processes; each of ``world`` processes takes
+    ``global_batch / world`` slices per step, so a DDP run follows the schedule of the 1-process run."""
+    if global_batch % world:
+        raise ConfigError(f"{key} = {global_batch} does not divide among {world} processes; "
+                          f"choose a multiple of {world}")
+    return global_batch // world
+
+
 def may_be_distributed(devices: int | str | list, num_nodes: int = 1, accelerator: str = "auto") -> bool:
     """Whether Lightning may start more than one process: more than one node, an explicit device count
     (or list) above 1, ``auto``/``-1`` devices with more than one CUDA device, or a SLURM / torchelastic

@@ -28,7 +28,7 @@ from ..data.splits import load_split, training_subjects
 from ..errors import ConfigError
 from ..models import deep_supervision_scales
 from ..semi import SEMI_METHODS
-from .engine import build_trainer, kept_metrics, resume_point, steps_per_epoch
+from .engine import build_trainer, kept_metrics, rank_batch, resume_point, steps_per_epoch
 from .sampling import PaddedEval, SeededItems, SeededSampler, ShardedEvalSampler, worker_threads
 from .segmentation import SegmentationModule
 
@@ -72,21 +72,22 @@ def train_segmentation(
                             progress=progress, monitor="val_dice" if val_ds else None,
                             find_unused_parameters=bool(semi and semi.find_unused_parameters),
                             callbacks=_finetune_callbacks(cfg) + list(callbacks or []))
-    n_items = s.iters_per_epoch * d.batch_size * trainer.world_size if s.epoch_mode == "iterations" else None
+    batch = rank_batch(d.batch_size, trainer.world_size, "data.batch_size")
+    n_items = s.iters_per_epoch * d.batch_size if s.epoch_mode == "iterations" else None
     sampler = SeededSampler(len(train_ds), cfg.seed, num_samples=n_items)
-    steps = steps_per_epoch(trainer, n_items or len(train_ds), d.batch_size)
+    steps = steps_per_epoch(trainer, n_items or len(train_ds), batch)
     lr = cfg.finetune.lr if cfg.finetune.init else cfg.optim.lr
     module = SegmentationModule(cfg, total_steps=steps * s.epochs, lr=lr)
     if cfg.finetune.init and not resume:
         from .transfer import apply_finetune_init
 
         apply_finetune_init(module, cfg.finetune)
-    train_loader = _loader(SeededItems(train_ds), d.batch_size, d.num_workers, sampler=sampler)
+    train_loader = _loader(SeededItems(train_ds), batch, d.num_workers, sampler=sampler)
     extra = {}
     if semi is not None:
         pool = unlabeled_pool(sp, train_ids, cfg.subset)
         unl_ds = UnlabeledSlices(sc, pool, transform=spatial_transforms(d.augment, (d.patch_size,) * 2))
-        bu = cfg.semi.unlabeled_batch_size or d.batch_size
+        bu = rank_batch(cfg.semi.unlabeled_batch_size or d.batch_size, trainer.world_size, "semi.unlabeled_batch_size")
         unl_sampler = SeededSampler(len(unl_ds), cfg.seed + 1, num_samples=steps * bu * trainer.world_size)
         unl_loader = _loader(SeededItems(unl_ds), bu, d.num_workers, sampler=unl_sampler)
         train_loader = CombinedLoader({"labeled": train_loader, "unlabeled": unl_loader}, mode="min_size")
@@ -96,11 +97,11 @@ def train_segmentation(
                         train_subjects=train_ids, train_slices=len(train_ds), **extra)
     val_loader = None
     if val_ds is not None:
-        val_loader = _loader(PaddedEval(val_ds), d.batch_size, d.num_workers, sampler=ShardedEvalSampler(len(val_ds)))
+        val_loader = _loader(PaddedEval(val_ds), batch, d.num_workers, sampler=ShardedEvalSampler(len(val_ds)))
     t0 = time.time()
-    with kept_metrics(out, resume):
+    with kept_metrics(out, resume, enabled=trainer.is_global_zero):
         trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
-    if trainer.global_rank == 0 and trainer.current_epoch >= s.epochs:  # not when stopped early
+    if trainer.is_global_zero and trainer.current_epoch >= s.epochs:  # not when stopped early
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         done = {"seconds": time.time() - t0, "epochs": s.epochs, "steps": trainer.global_step,
                 "train_subjects": len(train_ids), "metrics": metrics, **extra}

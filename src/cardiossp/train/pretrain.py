@@ -29,7 +29,7 @@ from ..data.slices import SliceCache
 from ..data.splits import load_split, pretraining_subjects
 from ..models import build_from_config
 from ..ssp import SSP_METHODS, build_method, schedules
-from .engine import build_trainer, kept_metrics, resume_point, steps_per_epoch
+from .engine import build_trainer, kept_metrics, rank_batch, resume_point, steps_per_epoch
 from .sampling import SeededItems, SeededSampler, worker_threads
 
 
@@ -138,14 +138,15 @@ def pretrain(cfg: PretrainConfig, cache: str | Path, out: str | Path, split: str
                             grad_clip=cfg.optim.grad_clip, loggers=loggers, progress=progress,
                             num_nodes=int(getattr(cfg, "num_nodes", 1)),
                             find_unused_parameters=method_cls.find_unused_parameters)
-    per_epoch = steps_per_epoch(trainer, n or len(dataset), d.batch_size)
+    batch = rank_batch(d.batch_size, trainer.world_size, "data.batch_size")  # the global batch stays fixed
+    per_epoch = steps_per_epoch(trainer, n or len(dataset), batch)
     module = PretrainModule(cfg, total_steps=per_epoch * s.epochs, steps_per_epoch=per_epoch)
     module.method.load_state_dict(probe.method.state_dict())
     if trainer.is_global_zero:
         save_run_config(cfg, out, cache=str(Path(cache).resolve()),
                         split=str(Path(split).resolve()) if split else None,
                         pretrain_subjects=len(subjects), pretrain_slices=len(dataset), world_size=trainer.world_size)
-    loader = DataLoader(SeededItems(dataset), batch_size=d.batch_size, sampler=sampler, num_workers=d.num_workers,
+    loader = DataLoader(SeededItems(dataset), batch_size=batch, sampler=sampler, num_workers=d.num_workers,
                         worker_init_fn=worker_threads if d.num_workers else None, drop_last=True,
                         pin_memory=torch.cuda.is_available())
     t0 = time.time()
@@ -158,6 +159,6 @@ def pretrain(cfg: PretrainConfig, cache: str | Path, out: str | Path, split: str
         seconds = time.time() - t0
         (out / "done.json").write_text(json.dumps({
             "seconds": seconds, "epochs": s.epochs, "steps": trainer.global_step, "world_size": trainer.world_size,
-            "slices_per_second": trainer.global_step * d.batch_size * trainer.world_size / max(seconds, 1e-9)},
+            "slices_per_second": trainer.global_step * d.batch_size / max(seconds, 1e-9)},
             indent=2))
     return out

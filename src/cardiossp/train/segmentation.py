@@ -2,8 +2,9 @@
 
 Loss: Dice + cross-entropy over the deep-supervision outputs, weights 1/2^i normalised.
 With ``cfg.semi.method`` a batch is ``{"labeled": ..., "unlabeled": ...}`` and the
-semi-supervised method (``cardiossp.semi``) turns both into the step's loss. Optimiser (de Mooij et al. 2024, Appendix A; nnU-Net): SGD with Nesterov
-momentum, polynomial decay ``lr * (1 - step/total)^0.9`` per iteration. Validation
+semi-supervised method (``cardiossp.semi``) turns both into the step's loss.
+Optimiser (de Mooij et al. 2024, Appendix A; nnU-Net): SGD with Nesterov momentum,
+polynomial decay ``lr * (1 - step/total)^0.9`` per iteration. Validation
 reports nnU-Net's "pseudo Dice" per class: true/false positives and negatives summed
 over every validation slice (all ranks), 2TP / (2TP + FP + FN). The honest per-subject 3D
 Dice in the native grid is ``cardiossp evaluate``'s job.
@@ -17,8 +18,8 @@ from torch import Tensor
 
 from ..config import TrainConfig, from_dict, to_dict
 from ..data.labels import task_class_names, task_lut, task_num_classes
-from ..models import build_from_config, deep_supervision_scales
 from ..errors import ConfigError
+from ..models import build_from_config, deep_supervision_scales
 from .losses import DeepSupervisionLoss, DiceCELoss
 
 

@@ -1,0 +1,159 @@
+"""Semi-supervised fine-tuning through the real engine on the phantom: every method x every
+registered model x (scratch, an SSP init); labels of the unlabeled pool never read; resume; DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from cardiossp.config import PretrainConfig, TrainConfig, load_config
+from cardiossp.data.datasets import LabeledSlices
+from cardiossp.data.slices import SliceCache
+from cardiossp.data.splits import load_split, training_subjects
+from cardiossp.errors import ConfigError
+from cardiossp.models import MODELS
+from cardiossp.semi import SEMI_METHODS
+from cardiossp.train.fit import train_segmentation, unlabeled_pool
+from cardiossp.train.pretrain import PretrainModule
+
+TINY_MODELS = {  # every registered model, small enough for two semi-supervised steps at 64 px
+    "unet": {},
+    "resnet_unet": {"model.options": {"depth": 18, "decoder_channels": [32, 16, 16, 8, 8]}},
+    "deeplabv3": {},
+}
+
+
+def semi_cfg(method: str, model: str = "unet", **over) -> TrainConfig:
+    base = {"semi.method": method, "labeled_subjects": 2, "schedule.epochs": 1, "schedule.iters_per_epoch": 2,
+            "data.batch_size": 4, "model.name": model, **TINY_MODELS[model], **over}
+    return load_config(TrainConfig, "train", "tiny", base)
+
+
+def write_pretrained(folder, method: str, **model) -> dict:
+    """``folder/pretrained.pt`` as ``pretrain`` writes it (an untrained record: only its values matter)."""
+    torch.manual_seed(123)
+    over = {"method": method, **{f"model.{k}": v for k, v in model.items()}}
+    record = PretrainModule(load_config(PretrainConfig, "pretrain", "tiny", over)).pretrained_record()
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(record, folder / "pretrained.pt")
+    return record
+
+
+class FirstWeights(Callback):
+    """The student's state at the start of training."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.state = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
+
+
+def test_every_semi_method_and_model_is_listed():
+    assert set(MODELS.names()) == set(TINY_MODELS)
+    assert set(SEMI_METHODS.names()) == {"mean-teacher", "unimatch", "bcp"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("init", ["scratch", "mim"])
+@pytest.mark.parametrize("model", sorted(TINY_MODELS))
+@pytest.mark.parametrize("method", sorted(["mean-teacher", "unimatch", "bcp"]))
+def test_semi_method_trains_every_model_from_every_start(tmp_path, phantom_cache, one_thread, method, model, init):
+    cache, split = phantom_cache
+    # BCP's mixed loss from step 0; every UniMatch pixel confident (an untrained net reaches no 0.95)
+    over = {"semi.options": {"bcp": {"warmup_fraction": 0.0}, "unimatch": {"threshold": 0.0}}.get(method, {})}
+    if init != "scratch":
+        model_over = {k.removeprefix("model."): v for k, v in {"name": model, **TINY_MODELS[model]}.items()}
+        record = write_pretrained(tmp_path / "pre", method=init, **{k: v for k, v in model_over.items()})
+        over["finetune.init"] = str(tmp_path / "pre")
+    first = FirstWeights()
+    run = train_segmentation(semi_cfg(method, model, **over), cache, split, tmp_path / "run", progress=False,
+                             callbacks=[first])
+    done = json.loads((run / "done.json").read_text())
+    assert done["steps"] == 2 and done["semi"] == method and done["unlabeled_subjects"] == 4
+    m = pd.read_csv(run / "logs" / "metrics.csv")
+    unsup = m.dropna(subset=["train_unsup"])["train_unsup"]
+    assert len(unsup) and (unsup > 0).all()  # the unlabeled batch contributed a loss
+    if init != "scratch":  # the pretrained weights are the fine-tuning start
+        transferred = [k for k in record["state_dict"] if k in first.state]
+        assert transferred and all(torch.equal(first.state[k], record["state_dict"][k]) for k in transferred)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    teacher = [k for k in ckpt if k.startswith("semi.teacher.")]
+    assert bool(teacher) == (method in ("mean-teacher", "bcp"))  # the EMA teacher is checkpointed
+
+
+def test_unlabeled_pool_never_reads_labels(tmp_path, phantom_cache, one_thread):
+    """Label arrays of every unlabeled-pool subject are made unreadable: semi-supervised training runs."""
+    src, split = phantom_cache
+    cache = tmp_path / "cache"
+    shutil.copytree(src, cache)
+    sp = load_split(split)
+    labeled = training_subjects(sp, 2)
+    pool = unlabeled_pool(sp, labeled)
+    assert pool and not set(pool) & (set(labeled) | set(sp["val"]) | set(sp["test"]))
+    for s in pool:
+        path = cache / "subjects" / s / "labels.npy"
+        path.unlink(missing_ok=True)
+        path.mkdir()  # np.load of a folder fails, for root too
+    labeled_pool = [s for s in pool if s in sp["train"]]
+    with pytest.raises(OSError):  # the sabotage works: reading their labels fails
+        LabeledSlices(SliceCache(cache), labeled_pool)[0]
+    run = train_segmentation(semi_cfg("unimatch"), cache, split, tmp_path / "run", progress=False)
+    assert (run / "done.json").is_file()
+
+
+def test_pool_without_unlabeled_subjects_is_refused():
+    split = {"train": ["a", "b"], "unlabeled": [], "val": [], "test": []}
+    with pytest.raises(ConfigError, match="needs unlabeled subjects"):
+        unlabeled_pool(split, ["a", "b"])
+    assert unlabeled_pool({**split, "unlabeled": ["u"]}, ["a"]) == ["b", "u"]
+
+
+class StopAfter(Callback):
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.should_stop = True
+
+
+def test_semi_resume_gives_the_uninterrupted_weights(tmp_path, phantom_cache, one_thread):
+    """Device-side perturbations are seeded by (seed, step): a resumed UniMatch / Mean Teacher run ends
+    with the weights (and teacher) of the uninterrupted one."""
+    cache, split = phantom_cache
+    for method in ("unimatch", "mean-teacher"):
+        cfg = semi_cfg(method, **{"schedule.epochs": 2})
+        full = train_segmentation(cfg, cache, split, tmp_path / f"{method}-full", progress=False)
+        part = train_segmentation(cfg, cache, split, tmp_path / f"{method}-part", progress=False,
+                                  callbacks=[StopAfter()])
+        assert not (part / "done.json").exists()
+        train_segmentation(cfg, cache, split, part, progress=False, resume=True)
+        a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        b = torch.load(part / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=f"{method}: {k}")
+
+
+def test_semi_with_multitask_is_refused(tmp_path, phantom_cache):
+    cache, split = phantom_cache
+    with pytest.raises(ConfigError, match="multitask"):
+        train_segmentation(semi_cfg("unimatch", **{"finetune.strategy": "multitask"}), cache, split,
+                           tmp_path / "run", progress=False)
+
+
+@pytest.mark.slow
+def test_semi_ddp_two_cpu_processes(tmp_path, phantom_cache):
+    """UniMatch under 2-process gloo DDP through the CLI: the 1-process schedule, split across ranks."""
+    cache, split = phantom_cache
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "cardiossp", "train", "--cache", str(cache), "--split", str(split), "--out",
+           str(tmp_path / "ddp"), "--preset", "tiny", "--devices", "2", "--set", "accelerator=cpu",
+           "--set", "semi.method=unimatch", "--labeled-subjects", "2",
+           "--set", "schedule.epochs=1", "--set", "schedule.iters_per_epoch=3"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    done = json.loads((tmp_path / "ddp" / "done.json").read_text())
+    assert done["steps"] == 3 and done["semi"] == "unimatch"
