@@ -14,23 +14,19 @@ namespace, with the model config and method name (loaded with ``weights_only=Tru
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
 
-from ..config import PretrainConfig, from_dict, save_run_config, to_dict
+from ..config import PretrainConfig, from_dict, to_dict
 from ..data.datasets import UnlabeledSlices
 from ..data.labels import NUM_CLASSES
 from ..data.slices import SliceCache
 from ..data.splits import load_split, pretraining_subjects
 from ..models import build_from_config
 from ..ssp import SSP_METHODS, build_method, schedules
-from .engine import build_trainer, kept_metrics, rank_batch, resume_point, steps_per_epoch
-from .sampling import SeededItems, SeededSampler, worker_threads
+from .run import RunSkeleton, seeded_loader
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -114,9 +110,6 @@ def pretrain(cfg: PretrainConfig, cache: str | Path, out: str | Path, split: str
              resume: bool = False, progress: bool = True, loggers: tuple[str, ...] = ()) -> Path:
     """Pretrain on every frame of the split's training + unlabeled subjects (all short-axis cache subjects
     when no split is given; long-axis ones too for methods with ``all_views``); labels are never read."""
-    out = Path(out)
-    ckpt_path = resume_point(out, resume, "pretrained.pt")
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
     sc = SliceCache(cache)
     all_views = SSP_METHODS.get(cfg.method).all_views
     if split is not None:
@@ -126,39 +119,22 @@ def pretrain(cfg: PretrainConfig, cache: str | Path, out: str | Path, split: str
         views = sc.subjects["view"].fillna("SA") if "view" in sc.subjects else None
         sa_only = views is not None and not all_views
         subjects = sc.subjects["subject"][views == "SA"].tolist() if sa_only else sc.subject_ids()
-    d, s = cfg.data, cfg.schedule
+    d = cfg.data
     method_cls = SSP_METHODS.get(cfg.method)
     # Build once to get the view maker (workers receive only it, not the network).
     probe = PretrainModule(cfg)
     dataset = UnlabeledSlices(sc, subjects, transform=probe.method.view_maker)
-    n = s.iters_per_epoch * d.batch_size if s.epoch_mode == "iterations" else None
-    sampler = SeededSampler(len(dataset), cfg.seed, num_samples=n)
-    # The trainer first: its world size (num_nodes x devices, whatever "auto" resolved to) sets the schedule.
-    trainer = build_trainer(out, s.epochs, cfg.precision, cfg.accelerator, cfg.devices, monitor=None,
-                            grad_clip=cfg.optim.grad_clip, loggers=loggers, progress=progress,
-                            num_nodes=int(getattr(cfg, "num_nodes", 1)),
-                            find_unused_parameters=method_cls.find_unused_parameters)
-    batch = rank_batch(d.batch_size, trainer.world_size, "data.batch_size")  # the global batch stays fixed
-    per_epoch = steps_per_epoch(trainer, n or len(dataset), batch)
-    module = PretrainModule(cfg, total_steps=per_epoch * s.epochs, steps_per_epoch=per_epoch)
+    run = RunSkeleton(out, resume, "pretrained.pt", cfg, progress=progress, loggers=loggers,
+                      find_unused_parameters=method_cls.find_unused_parameters)
+    sampler, batch, per_epoch = run.sampling(len(dataset))
+    module = PretrainModule(cfg, total_steps=per_epoch * run.epochs, steps_per_epoch=per_epoch)
     module.method.load_state_dict(probe.method.state_dict())
-    if trainer.is_global_zero:
-        save_run_config(cfg, out, cache=str(Path(cache).resolve()),
-                        split=str(Path(split).resolve()) if split else None,
-                        pretrain_subjects=len(subjects), pretrain_slices=len(dataset), world_size=trainer.world_size)
-    loader = DataLoader(SeededItems(dataset), batch_size=batch, sampler=sampler, num_workers=d.num_workers,
-                        worker_init_fn=worker_threads if d.num_workers else None, drop_last=True,
-                        pin_memory=torch.cuda.is_available())
-    t0 = time.time()
-    with kept_metrics(out, resume, enabled=trainer.is_global_zero):
-        trainer.fit(module, loader, ckpt_path=ckpt_path)
-    if trainer.is_global_zero and trainer.current_epoch >= s.epochs:  # not when stopped early
-        tmp = out / "pretrained.pt.tmp"
+    run.save_config(cache=str(Path(cache).resolve()), split=str(Path(split).resolve()) if split else None,
+                    pretrain_subjects=len(subjects), pretrain_slices=len(dataset))
+    run.fit(module, seeded_loader(dataset, batch, d.num_workers, sampler))
+    if run.finished:
+        tmp = run.out / "pretrained.pt.tmp"
         torch.save(module.pretrained_record(), tmp)
-        tmp.replace(out / "pretrained.pt")
-        seconds = time.time() - t0
-        (out / "done.json").write_text(json.dumps({
-            "seconds": seconds, "epochs": s.epochs, "steps": trainer.global_step, "world_size": trainer.world_size,
-            "slices_per_second": trainer.global_step * d.batch_size / max(seconds, 1e-9)},
-            indent=2))
-    return out
+        tmp.replace(run.out / "pretrained.pt")
+        run.write_done(slices_per_second=run.trainer.global_step * d.batch_size / max(run.seconds, 1e-9))
+    return run.out
