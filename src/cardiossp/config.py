@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from .atomic import write_yaml
 from .errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -220,7 +221,4 @@ def save_run_config(cfg, folder: Path, **extra) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     doc = {"config": to_dict(cfg), "git_sha": git_sha(), "cardiossp_version": __version__, **extra}
-    tmp = folder / "config.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
-    tmp.replace(folder / "config.yaml")
-    return folder / "config.yaml"
+    return write_yaml(folder / "config.yaml", doc)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .data.labels import NUM_CLASSES
 from .errors import DataError
 from .inference import Segmenter
@@ -71,8 +72,6 @@ def _read_input(kind: str, path: Path):
 
 def _write_labels(labels: np.ndarray, affine: np.ndarray, header, shape, out: Path) -> None:
     """Write uint8 labels with the input's shape, affine and header to ``out`` (temp name, then rename)."""
-    import os
-
     import nibabel as nib
 
     labels = labels.reshape(shape)
@@ -87,12 +86,8 @@ def _write_labels(labels: np.ndarray, affine: np.ndarray, header, shape, out: Pa
     img.header["cal_min"], img.header["cal_max"] = 0, NUM_CLASSES - 1
     img.header.set_intent("label")
     img.header["descrip"] = b"cardiossp labels 0 bg 1 LV 2 MYO 3 RV"
-    tmp = out.with_name(f".{out.name[:-len('.nii.gz')]}.{os.getpid()}.part.nii.gz")
-    try:
+    with atomic_path(out, suffix=".nii.gz") as tmp:  # nibabel picks the format from the name
         nib.save(img, str(tmp))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def predict_files(model, inputs, out_dir, tta: bool = False, largest_component: bool = False,

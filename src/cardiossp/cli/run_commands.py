@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import CardiosspError
+from ..errors import CardiosspError, ConfigError
 from .common import app, console, fail, print_table
 
 OVERRIDE_HELP = "override a config value, e.g. --set optim.lr=0.02 (repeatable)"
@@ -179,7 +179,7 @@ def _parse(items: list[str]) -> dict:
 
 @app.command()
 def bench(
-    data: Path = typer.Option(..., help="dataset folder, e.g. ../shared/data/acdc"),
+    data: Optional[Path] = typer.Option(None, help="dataset folder, e.g. ../shared/data/acdc"),
     out: Path = typer.Option(Path("bench-out"), help="output folder (cache, split, run, bench.md)"),
     reader: str = typer.Option("acdc"),
     preset: str = typer.Option("cpu"),
@@ -187,10 +187,20 @@ def bench(
     spacing: float = typer.Option(1.6, help="cache in-plane spacing (mm)"),
     size: int = typer.Option(160, help="cache slice size (px)"),
     set_: list[str] = typer.Option([], "--set", help=OVERRIDE_HELP),
+    throughput: bool = typer.Option(False, help="instead: training throughput of the networks on this machine "
+                                    "(bare vs engine step, fp32 vs bf16), written to OUT/throughput.md"),
+    quick: bool = typer.Option(False, help="with --throughput: a seconds-long run on a tiny net"),
 ) -> None:
     """Supervised benchmark: train a preset on a fixed split, report test Dice, HD95, LVEF error, time, memory.
 
     Pretraining comparisons are experiment plans: `cardiossp experiment acdc-cpu --studies label_budget`."""
+    if throughput:
+        from ..throughput import throughput_table
+
+        typer.echo(throughput_table(out, quick=quick))
+        return
+    if data is None:
+        fail(ConfigError("bench needs --data (a dataset folder), or --throughput"))
     from ..bench import bench_supervised
 
     try:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
+from ..atomic import atomic_path, write_json
 from ..errors import DataError
 from .preprocess import preprocess_subject
 from .readers import get_reader
@@ -57,15 +57,12 @@ def _fingerprint(reader: str, files: list[Path], spacing: float, size: int) -> s
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npy") as tmp:  # np.save appends .npy to any other name
+        np.save(tmp, array)
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
-    os.replace(tmp, path)
+    write_json(path, obj, default=_json_default)
 
 
 def _json_default(o):
@@ -191,9 +188,8 @@ def _meta_index(out: Path) -> dict[tuple[str, str], dict]:
 def _write_tables(out: Path, metas: dict[str, dict]) -> None:
     rows = [r for key in sorted(metas) for r in manifest_rows(metas[key])]
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    tmp = out / "manifest.csv.tmp"
-    manifest.to_csv(tmp, index=False)
-    os.replace(tmp, out / "manifest.csv")
+    with atomic_path(out / "manifest.csv") as tmp:
+        manifest.to_csv(tmp, index=False)
     subj = pd.DataFrame([{
         "subject": m["key"], "subject_id": m["subject_id"], "dataset": m["dataset"], "vendor": m["vendor"],
         "centre": m["centre"], "pathology": m["pathology"], "view": m["view"], "n_frames": m["n_frames"],
@@ -204,6 +200,5 @@ def _write_tables(out: Path, metas: dict[str, dict]) -> None:
         "patient": m["extra"].get("patient"), "official_split": m["extra"].get("official_split"),
     } for _, m in sorted(metas.items())])
     subj = subj.drop(columns=[c for c in ("patient", "official_split") if c in subj and subj[c].isna().all()])
-    tmp = out / "subjects.csv.tmp"
-    subj.to_csv(tmp, index=False)
-    os.replace(tmp, out / "subjects.csv")
+    with atomic_path(out / "subjects.csv") as tmp:
+        subj.to_csv(tmp, index=False)

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ..atomic import write_yaml
 from ..errors import ConfigError, DataError
 
 
@@ -197,12 +198,7 @@ def _official_parts(first: pd.DataFrame) -> tuple[list[str], list[str], list[str
 
 
 def save_split(split: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(split, sort_keys=False))
-    tmp.replace(path)
-    return path
+    return write_yaml(path, split)
 
 
 def load_split(path: str | Path) -> dict:

@@ -16,9 +16,7 @@ or a distance to an empty map); ``n`` says how many values entered.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -26,6 +24,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from ..atomic import atomic_path, write_json
 from ..data.labels import DATASET_LABEL_MAPS, task_classes, task_to_internal, to_task
 from ..data.slices import SliceCache
 from ..data.splits import load_split
@@ -148,15 +147,12 @@ def summarise(per_subject: pd.DataFrame, clinical: pd.DataFrame) -> dict:
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 def _write_json(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False))
-    os.replace(tmp, path)
+    write_json(path, obj, allow_nan=False)
 
 
 def eval_folder_name(subset: str, tta: bool = False, largest_component: bool = False) -> str:

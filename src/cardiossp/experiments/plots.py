@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..atomic import atomic_path  # noqa: E402
 from .tables import CLASSES  # noqa: E402
 
 
@@ -23,9 +24,8 @@ def _save(fig, out: Path, name: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext in ("png", "svg"):
-        tmp = out / f".{name}.tmp.{ext}"
-        fig.savefig(tmp, dpi=130, bbox_inches="tight", format=ext)
-        tmp.replace(out / f"{name}.{ext}")
+        with atomic_path(out / f"{name}.{ext}", suffix=f".{ext}") as tmp:
+            fig.savefig(tmp, dpi=130, bbox_inches="tight", format=ext)
         paths.append(out / f"{name}.{ext}")
     plt.close(fig)
     return paths

@@ -9,11 +9,11 @@ is written as the number of training subjects the run used, with ``budget_label`
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
 
+from ..atomic import atomic_path
 from .runner import load_campaign
 
 CASE_COLUMNS = ["subject", "dataset", "vendor", "centre", "pathology", "phase"]
@@ -54,9 +54,8 @@ def collect_results(out: str | Path) -> pd.DataFrame:
     _, runs = load_campaign(out)
     parts = [r for spec in runs if spec.kind == "train" and (r := run_rows(spec, out / spec.name)) is not None]
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=RUN_COLUMNS + ["value"])
-    tmp = out / f"results.csv.tmp{os.getpid()}"
-    table.to_csv(tmp, index=False)
-    tmp.replace(out / "results.csv")
+    with atomic_path(out / "results.csv") as tmp:
+        table.to_csv(tmp, index=False)
     return table
 
 

@@ -18,13 +18,13 @@ raises writes ``failed.json`` (error and traceback) and the campaign goes on wit
 from __future__ import annotations
 
 import json
-import os
 import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Protocol
 
+from .. import atomic
 from ..errors import ConfigError
 from .plan import Plan, RunSpec, expand, pretrain_config, train_config
 
@@ -68,10 +68,7 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
+    atomic.write_json(path, data, default=str)
 
 
 def run_campaign(plan: Plan, out: str | Path, studies: list[str] | None = None, shard: tuple[int, int] = (0, 1),

@@ -14,11 +14,12 @@ deviation (ddof 1), left out when a cell has one seed. Tables:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ..atomic import atomic_path, write_text
 
 CLASSES = ("mean", "LV", "MYO", "RV")
 
@@ -120,10 +121,6 @@ def write_tables(tables: dict[str, pd.DataFrame], out: str | Path) -> Path:
     out = Path(out)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     for name, t in tables.items():
-        tmp = out / "tables" / f"{name}.csv.tmp{os.getpid()}"
-        t.to_csv(tmp)
-        tmp.replace(out / "tables" / f"{name}.csv")
-    tmp = out / f"tables.md.tmp{os.getpid()}"
-    tmp.write_text(to_markdown(tables))
-    tmp.replace(out / "tables.md")
-    return out / "tables.md"
+        with atomic_path(out / "tables" / f"{name}.csv") as tmp:
+            t.to_csv(tmp)
+    return write_text(out / "tables.md", to_markdown(tables))

@@ -75,14 +75,31 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def model_spec(model: nn.Module) -> ModelSpec:
-    """The ModelSpec registered for ``type(model)`` or its nearest registered base class."""
-    model = unwrap(model)
+def _find_spec(model: nn.Module) -> ModelSpec | None:
     for klass in type(model).__mro__:
         if klass in _SPECS:
             return _SPECS[klass]
-    known = ", ".join(sorted(c.__name__ for c in _SPECS)) or "none"
-    raise ConfigError(f"no ModelSpec registered for {type(model).__name__}; known types: {known}")
+    return None
+
+
+def model_spec(model: nn.Module) -> ModelSpec:
+    """The ModelSpec registered for ``type(model)`` or its nearest registered base class."""
+    model = unwrap(model)
+    spec = _find_spec(model)
+    if spec is None:
+        known = ", ".join(sorted(c.__name__ for c in _SPECS)) or "none"
+        raise ConfigError(f"no ModelSpec registered for {type(model).__name__}; known types: {known}")
+    return spec
+
+
+def is_bare_encoder(module: nn.Module) -> bool:
+    """A model's ``.encoder`` on its own (what SSP methods train): no ModelSpec, no ``.encoder`` of
+    its own, and it declares ``output_channels`` (dynamic_network_architectures' encoders and
+    ``ResNetEncoder`` do); its forward returns the feature maps, bottleneck last."""
+    module = unwrap(module)
+    channels = getattr(module, "output_channels", None)
+    return (_find_spec(module) is None and not hasattr(module, "encoder")
+            and isinstance(channels, (list, tuple)) and len(channels) > 0)  # fmt: skip
 
 
 def build_model(name: str, **cfg) -> nn.Module:
@@ -148,10 +165,15 @@ def model_info(model: nn.Module) -> dict[str, int]:
 
 
 def encoder_features(model: nn.Module, x: Tensor) -> list[Tensor]:
-    """Encoder feature maps of ``x`` (B, C, H, W), highest resolution first, bottleneck last."""
+    """Encoder feature maps of ``x`` (B, C, H, W), highest resolution first, bottleneck last.
+
+    ``model``: a registered segmentation model, or a bare encoder (``is_bare_encoder``)."""
     model = unwrap(model)
     if x.ndim != 4:
         raise ConfigError(f"encoder_features expects a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
+    if is_bare_encoder(model):
+        feats = model(x)
+        return list(feats) if isinstance(feats, (list, tuple)) else [feats]
     return model_spec(model).encoder_features(model, x)
 
 
@@ -163,11 +185,24 @@ def decode_features(model: nn.Module, features: list[Tensor], size: tuple[int, i
 
 
 def bottleneck_dim(model: nn.Module) -> int:
-    """Channels of the deepest encoder feature map (input width of SSL projection heads)."""
+    """Channels of the deepest encoder feature map (input width of SSL projection heads) of a
+    registered model or a bare encoder."""
     model = unwrap(model)
+    if is_bare_encoder(model):
+        return int(model.output_channels[-1])
     return int(model_spec(model).bottleneck_dim(model))
+
+
+def pool_features(features) -> Tensor:
+    """Global-average-pooled bottleneck (B, C) of encoder features: a list of maps (bottleneck last,
+    as ``encoder_features`` returns), a dict of them (in order), or one (B, C, h, w) map; an already
+    pooled (B, C) tensor is returned as it is."""
+    if isinstance(features, dict):
+        features = list(features.values())
+    feats = features[-1] if isinstance(features, (list, tuple)) else features
+    return torch.flatten(feats.mean(dim=(-2, -1)), 1) if feats.ndim == 4 else feats
 
 
 def pooled_bottleneck(model: nn.Module, x: Tensor) -> Tensor:
     """Global-average-pooled bottleneck features (B, bottleneck_dim) of ``x`` (B, C, H, W)."""
-    return torch.flatten(encoder_features(model, x)[-1].mean(dim=(-2, -1)), 1)
+    return pool_features(encoder_features(model, x))

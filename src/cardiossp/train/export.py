@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import save_torch
 from ..config import ModelConfig, TrainConfig, from_dict
 from ..data.labels import NUM_CLASSES
 from ..errors import CheckpointError, ConfigError
@@ -56,9 +57,5 @@ def export_nnunet(run: str | Path, out: str | Path) -> int:
     state = {k: v.detach().cpu().clone() for k, v in exportable_state(run).items() if ".seg_layers." not in k}
     if not state:
         raise CheckpointError(f"{run}: nothing to export")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save({"network_weights": state, "exported_by": "cardiossp", "source": str(run)}, tmp)
-    tmp.replace(out)
+    save_torch({"network_weights": state, "exported_by": "cardiossp", "source": str(run)}, out)
     return len(state)

@@ -22,7 +22,6 @@ import csv
 import gzip
 import io
 import json
-import os
 from pathlib import Path
 
 import nibabel as nib
@@ -30,6 +29,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.ndimage import gaussian_filter
 
+from ...atomic import write_bytes
 from ...errors import DataError
 from ..labels import LV, MYO, RV
 from ..subject import Subject
@@ -296,12 +296,6 @@ class PhantomReader(Reader):
         return subj
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray, zooms: tuple[float, ...]) -> None:
     img = nib.Nifti1Image(data, affine)
     img.header.set_zooms(zooms)
@@ -309,7 +303,7 @@ def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray, zooms: tuple[
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=1, mtime=0) as gz:
         gz.write(img.to_bytes())
-    _atomic_write_bytes(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())
 
 
 def write_phantom_dataset(out: str | Path, n_subjects: int = 12, n_unlabeled: int = 2, seed: int = 0, **kw) -> Path:
@@ -340,12 +334,12 @@ def write_phantom_dataset(out: str | Path, n_subjects: int = 12, n_unlabeled: in
     meta = {"labels": {"background": 0, "LV": 1, "MYO": 2, "RV": 3}, "channel_names": {"0": "cineMRI"},
             "file_ending": ".nii.gz", "numTraining": n_labeled, "name": "phantom",
             "description": "cardiossp synthetic short-axis cine phantom; labels 1 LV, 2 MYO, 3 RV"}
-    _atomic_write_bytes(out / "dataset.json", json.dumps(meta, indent=2).encode())
+    write_bytes(out / "dataset.json", json.dumps(meta, indent=2).encode())
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["subject", "vendor", "centre", "pathology", "ed_frame", "es_frame"])
     writer.writerows(rows)
-    _atomic_write_bytes(out / "metadata.csv", buf.getvalue().encode())
+    write_bytes(out / "metadata.csv", buf.getvalue().encode())
     return out
 
 
@@ -359,5 +353,5 @@ def write_phantom_config(out: str | Path, **kw) -> Path:
     out = Path(out)
     cfg = check_phantom_config(kw, out / "phantom.json")
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(out / "phantom.json", json.dumps(cfg, indent=2).encode())
+    write_bytes(out / "phantom.json", json.dumps(cfg, indent=2).encode())
     return out
