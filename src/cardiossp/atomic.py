@@ -5,8 +5,9 @@ on one file system) named ``.<name>.tmp-<pid>-<n>[suffix]`` and renamed onto the
 the write succeeded; on an error the temporary file is removed and the target left as it was.
 The target's folder is created if needed.
 
-``atomic_path`` is the general form, for writers that take a path (``DataFrame.to_csv``,
-``np.save``, ``nib.save``, ``fig.savefig``); writers that pick the format from the file name get
+``write_text``, ``write_bytes``, ``write_json``, ``write_yaml``, ``write_csv`` (a DataFrame) and
+``save_torch`` cover the common cases; ``atomic_path`` is the general form, for other writers that
+take a path (``np.save``, ``nib.save``, ``fig.savefig``); writers that pick the format from the file name get
 it through ``suffix`` (``atomic_path(out, suffix=".nii.gz")``, ``suffix=".npy"``, which
 ``np.save`` would otherwise append).
 """
@@ -52,6 +53,13 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
 def write_json(path: str | Path, obj: Any, **dumps_kwargs: Any) -> Path:
     """``json.dumps(obj, indent=2, **dumps_kwargs)`` (e.g. ``default=str``, ``allow_nan=False``)."""
     return write_text(path, json.dumps(obj, **{"indent": 2, **dumps_kwargs}))
+
+
+def write_csv(path: str | Path, frame: Any, index: bool = False, **to_csv_kwargs: Any) -> Path:
+    """``frame.to_csv(path, index=index, **to_csv_kwargs)`` of a pandas DataFrame."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=index, **to_csv_kwargs)
+    return Path(path)
 
 
 def write_yaml(path: str | Path, obj: Any) -> Path:

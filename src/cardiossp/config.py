@@ -43,6 +43,7 @@ class ModelConfig:
 class DataConfig:
     patch_size: int = 256  # training crop (pixels); inference runs on the whole cached slice
     augment: str = "paper"  # paper | nnunet | none
+    augment_on: str = "auto"  # device (batched, data.batch_augment) | loader (per sample, workers) | auto
     phases: list[str] = field(default_factory=lambda: ["ED", "ES"])
     batch_size: int = 32
     num_workers: int = 2
@@ -122,7 +123,7 @@ class PretrainOptimConfig:
 
 @dataclass
 class PretrainConfig:
-    """One self-supervised pretraining run (SPEC §3). ``method_options`` go to the method
+    """One self-supervised pretraining run (de Mooij et al. 2024, Appendix A). ``method_options`` go to the method
     (see each method's ``defaults``); ``per_method`` sections in a preset are merged in
     for the chosen method only."""
 

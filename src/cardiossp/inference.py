@@ -30,6 +30,7 @@ from .config import TrainConfig, from_dict
 from .data.labels import NUM_CLASSES, task_num_classes
 from .data.preprocess import Geometry, _resize, _uncrop, image_to_slices, make_geometry, probs_to_native, zscore
 from .errors import CheckpointError, ConfigError, DataError
+from .models.weights import fit_state_dict
 
 DEFAULT_SPACING, DEFAULT_SIZE = 1.25, 256
 
@@ -86,22 +87,6 @@ def _build(cfg: TrainConfig) -> nn.Module:
     return build_segmentation_model(cfg, load_encoder_weights=False)  # the checkpoint holds every weight
 
 
-def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    """Raise ``CheckpointError`` listing missing, unexpected and shape-mismatched keys."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or mismatched:
-        def show(name, items):
-            return f"{len(items)} {name} ({', '.join(items[:6])}{' ...' if len(items) > 6 else ''})" if items else ""
-
-        parts = [s for s in (show("missing keys", missing), show("unexpected keys", unexpected),
-                             show("shape mismatches", mismatched)) if s]
-        raise CheckpointError(f"{where}: weights do not fit the architecture in its config: {'; '.join(parts)}")
-
-
 def _load(path: str | Path) -> tuple[TrainConfig, dict[str, torch.Tensor], nn.Module, Path]:
     ckpt = resolve_checkpoint(path)
     try:
@@ -122,7 +107,7 @@ def _load(path: str | Path) -> tuple[TrainConfig, dict[str, torch.Tensor], nn.Mo
     weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     if not weights:
         raise CheckpointError(f"{ckpt}: state_dict holds no 'model.*' weights: not a cardiossp segmentation checkpoint")
-    check_state_dict(model, weights, str(ckpt))
+    fit_state_dict(model, weights, str(ckpt)).require_exact("weights do not fit the architecture in its config")
     model.load_state_dict(weights)
     return cfg, weights, model, ckpt
 
@@ -166,11 +151,10 @@ class Segmenter:
                  batch_size: int = 32, cfg: TrainConfig | None = None):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        if hasattr(model, "decoder") and hasattr(model.decoder, "deep_supervision"):
-            model.decoder.deep_supervision = False  # nnU-Net infers with the full-resolution output only
-        try:
-            from .models import input_divisor
+        from .models import input_divisor, set_deep_supervision
 
+        set_deep_supervision(model, False)  # nnU-Net infers with the full-resolution output only
+        try:
             self.divisor = input_divisor(model)
         except (AttributeError, ConfigError):
             self.divisor = (1, 1)

@@ -1,4 +1,4 @@
-"""``data.task``: the binary LV task (seed 004) trains a 2-class network and is evaluated on the LV alone.
+"""``data.task``: the binary LV task (Saeed et al. 2022) trains a 2-class network and is evaluated on the LV alone.
 
 Phantom subjects carry LV, MYO and RV, so every remapping below has something to drop.
 """

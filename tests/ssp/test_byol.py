@@ -1,4 +1,4 @@
-"""BYOL (Grill et al. 2020; seed 004): loss against a slow reference, EMA target network,
+"""BYOL (Grill et al. 2020; Saeed et al. 2022): loss against a slow reference, EMA target network,
 momentum schedule against lightly's, what transfers. The shared registry tests
 (``test_methods.py``) check that it trains and transfers exactly the encoder."""
 

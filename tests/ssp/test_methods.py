@@ -1,4 +1,4 @@
-"""Every registered SSP method on a tiny nnU-Net PlainConvUNet (DESIGN habit 2).
+"""Every registered SSP method on a tiny nnU-Net PlainConvUNet.
 
 Images are synthetic: bright discs of random size/position on noise, z-scored.
 """

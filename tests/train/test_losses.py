@@ -146,3 +146,72 @@ def test_deep_supervision_loss_with_target_list_and_with_one_target():
     assert ds(outputs[0], targets).item() == pytest.approx(inner(outputs[0], full).item(), rel=1e-12)
     with pytest.raises(ConfigError, match="expected 3"):
         ds(outputs[:2], targets)
+
+
+# ------------------------------------------------------------------ against nnU-Net v2's own losses
+def _nnunet_dice_ce(batch_dice: bool = True, weight_ce: float = 1.0, weight_dice: float = 1.0):
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    return DC_and_CE_loss({"batch_dice": batch_dice, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
+                          weight_ce=weight_ce, weight_dice=weight_dice, ignore_label=None,
+                          dice_class=MemoryEfficientSoftDiceLoss)  # fmt: skip
+
+
+def _loss_and_grad(loss_fn, logits):
+    """(loss value, d loss / d each logits tensor) for a loss of a list of logits (or one)."""
+    leaves = [x.clone().requires_grad_(True) for x in logits]
+    value = loss_fn(leaves)
+    value.backward()
+    return value.detach(), [x.grad for x in leaves]
+
+
+@pytest.mark.parametrize("batch_dice", [True, False])
+@pytest.mark.parametrize(("weight_ce", "weight_dice"), [(1.0, 1.0), (0.5, 0.5)])
+@pytest.mark.parametrize("seed", [0, 2])
+def test_dice_ce_is_nnunet_dc_and_ce_loss_plus_the_dice_offset(batch_dice, weight_ce, weight_dice, seed):
+    """Ours reports the Dice term as ``1 - mean Dice``, nnU-Net as ``-mean Dice``: ours = nnU-Net's
+    + 1 for the Dice term, + weight_dice for the total; cross-entropy and every gradient are equal.
+    In float32, the precision training computes losses in (nnU-Net v2 sums the Dice terms in float32
+    whatever the input's dtype, so float64 logits would differ by ~1e-8)."""
+    logits, target = _random_case(seed, b=4, c=4, h=12, w=10)
+    logits = logits.float()
+    if seed == 2:
+        target[target == 3] = 1  # a class absent from the target
+    ours = DiceCELoss(batch_dice=batch_dice, weight_ce=weight_ce, weight_dice=weight_dice)
+    theirs = _nnunet_dice_ce(batch_dice, weight_ce, weight_dice)
+    terms = ours.terms(logits, target)
+    assert terms["dice"].item() == pytest.approx(theirs.dc(logits, target).item() + 1.0, rel=1e-6, abs=1e-7)
+    assert terms["ce"].item() == pytest.approx(theirs.ce(logits, target[:, 0]).item(), rel=1e-6)
+    ours_value, ours_grad = _loss_and_grad(lambda x: ours(x[0], target), [logits])
+    theirs_value, theirs_grad = _loss_and_grad(lambda x: theirs(x[0], target), [logits])
+    assert ours_value.item() == pytest.approx(theirs_value.item() + weight_dice, rel=1e-6, abs=1e-7)
+    torch.testing.assert_close(ours_grad[0], theirs_grad[0], rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("zero_lowest", [True, False])
+def test_deep_supervision_loss_is_nnunet_deep_supervision_wrapper(zero_lowest):
+    """Same weights (nnU-Net v2's: 1/2^i, lowest 0, normalised; or ours without the zero) in nnU-Net's
+    ``DeepSupervisionWrapper``: ours = nnU-Net's + 1 (the Dice offset times weights summing to 1)."""
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
+    g = torch.Generator().manual_seed(5)
+    full = torch.randint(0, 4, (3, 1, 16, 16), generator=g)
+    outputs = [torch.randn(3, 4, 16 // 2**i, 16 // 2**i, generator=g) * 2 for i in range(4)]  # float32, as above
+    targets = [full[:, :, (2**i) // 2 :: 2**i, (2**i) // 2 :: 2**i] for i in range(4)]  # nearest-exact
+    if zero_lowest:  # nnU-Net v2's nnUNetTrainer._build_loss
+        nn_weights = np.array([1 / 2**i for i in range(4)])
+        nn_weights[-1] = 0
+        nn_weights = nn_weights / nn_weights.sum()
+        assert deep_supervision_weights(4, zero_lowest=True) == pytest.approx(list(nn_weights), rel=1e-15)
+    ours = DeepSupervisionLoss(DiceCELoss(), n_outputs=4, zero_lowest=zero_lowest)
+    theirs = DeepSupervisionWrapper(_nnunet_dice_ce(), ours.weights)
+    ours_value, ours_grad = _loss_and_grad(lambda x: ours(x, targets), outputs)
+    theirs_value, theirs_grad = _loss_and_grad(lambda x: theirs(x, targets), outputs)
+    assert ours_value.item() == pytest.approx(theirs_value.item() + 1.0, rel=1e-6, abs=1e-7)
+    assert ours(outputs, full).item() == pytest.approx(ours_value.item(), rel=1e-7)  # one target, downsampled
+    for i, (a, b) in enumerate(zip(ours_grad, theirs_grad)):
+        if zero_lowest and i == 3:
+            assert a is None and b is None  # a weight of 0 is skipped, not multiplied by 0
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)

@@ -28,7 +28,7 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from ..atomic import atomic_path, write_json
+from ..atomic import atomic_path, write_csv, write_json
 from ..errors import DataError
 from .preprocess import preprocess_subject
 from .readers import get_reader
@@ -59,10 +59,6 @@ def _fingerprint(reader: str, files: list[Path], spacing: float, size: int) -> s
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
     with atomic_path(path, suffix=".npy") as tmp:  # np.save appends .npy to any other name
         np.save(tmp, array)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    write_json(path, obj, default=_json_default)
 
 
 def _json_default(o):
@@ -103,7 +99,7 @@ def write_subject(out: Path, subject: Subject, reader: str, fingerprint: str, sp
         # Partially contoured frames (Sunnybrook): only these slices count as labeled.
         "labeled_slices": {str(t): [int(z) for z in zs] for t, zs in subject.extra.get("labeled_slices", {}).items()},
     }
-    write_json_atomic(folder / "meta.json", meta)  # written last: marks the subject done
+    write_json(folder / "meta.json", meta, default=_json_default)  # written last: marks the subject done
     return meta
 
 
@@ -167,8 +163,8 @@ def prepare(
             if progress:
                 progress(sid, i + 1, len(ids), reused)
     _write_tables(out, metas)
-    write_json_atomic(info_path, {"format_version": FORMAT_VERSION, "spacing": spacing, "size": size,
-                                  "sources": source_list, "n_subjects": len(metas)})
+    write_json(info_path, {"format_version": FORMAT_VERSION, "spacing": spacing, "size": size,
+                           "sources": source_list, "n_subjects": len(metas)}, default=_json_default)
     return out
 
 
@@ -188,8 +184,7 @@ def _meta_index(out: Path) -> dict[tuple[str, str], dict]:
 def _write_tables(out: Path, metas: dict[str, dict]) -> None:
     rows = [r for key in sorted(metas) for r in manifest_rows(metas[key])]
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    with atomic_path(out / "manifest.csv") as tmp:
-        manifest.to_csv(tmp, index=False)
+    write_csv(out / "manifest.csv", manifest)
     subj = pd.DataFrame([{
         "subject": m["key"], "subject_id": m["subject_id"], "dataset": m["dataset"], "vendor": m["vendor"],
         "centre": m["centre"], "pathology": m["pathology"], "view": m["view"], "n_frames": m["n_frames"],
@@ -200,5 +195,4 @@ def _write_tables(out: Path, metas: dict[str, dict]) -> None:
         "patient": m["extra"].get("patient"), "official_split": m["extra"].get("official_split"),
     } for _, m in sorted(metas.items())])
     subj = subj.drop(columns=[c for c in ("patient", "official_split") if c in subj and subj[c].isna().all()])
-    with atomic_path(out / "subjects.csv") as tmp:
-        subj.to_csv(tmp, index=False)
+    write_csv(out / "subjects.csv", subj)

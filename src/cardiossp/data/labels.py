@@ -8,7 +8,7 @@ exported predictions):
 Each public dataset labels these structures differently; ``DATASET_LABEL_MAPS`` maps a
 dataset's label values to the internal ones.
 
-Echocardiography (seed 004): CAMUS labels 1 LV endocardium (blood pool), 2 myocardium, 3 left
+Echocardiography (Saeed et al. 2022): CAMUS labels 1 LV endocardium (blood pool), 2 myocardium, 3 left
 atrium. The left atrium is *not* the RV, and adding an LA class would change the output layer
 of every network and checkpoint, so CAMUS's LA is mapped to background here; the CAMUS reader
 keeps the LA mask in ``Subject.extra["left_atrium"]`` for a future task. Label 3 (RV) simply
@@ -16,7 +16,7 @@ never occurs in echo data. EchoNet-Dynamic tracings give the LV blood pool only.
 
 Tasks (``TrainConfig.data.task``) choose which internal classes a network predicts:
 ``cardiac`` (LV, MYO, RV; the default) or ``lv`` (binary LV vs background, the echo task of
-seed 004). A task keeps its classes in internal order and numbers them 1..n, so for ``lv`` the
+Saeed et al. 2022). A task keeps its classes in internal order and numbers them 1..n, so for ``lv`` the
 network's class 1 *is* internal label 1 (LV); ``to_task`` / ``task_to_internal`` convert.
 """
 

@@ -16,7 +16,7 @@ Pretraining uses ``train + unlabeled`` (never val or test). Budgets are nested (
 subjects of budget 10 contain the 5 of budget 5) so that a larger budget only adds labels.
 
 Budgets are given as a number of training patients (``10``), a fraction of them (``0.05`` or
-``5%``: "fine-tuned on 5% of the labels", seed 004) or ``all``. A fraction resolves to
+``5%``: "fine-tuned on 5% of the labels", Saeed et al. 2022) or ``all``. A fraction resolves to
 ``max(1, round(f x n_train))`` patients when the split is made and is stored both as that
 integer budget and in ``budget_fractions: {0.05: N}``, so every budget stays nested.
 

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ..atomic import atomic_path, write_json
+from ..atomic import write_csv, write_json
 from ..data.labels import DATASET_LABEL_MAPS, task_classes, task_to_internal, to_task
 from ..data.slices import SliceCache
 from ..data.splits import load_split
@@ -146,15 +146,6 @@ def summarise(per_subject: pd.DataFrame, clinical: pd.DataFrame) -> dict:
     return out
 
 
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
-
-
-def _write_json(obj, path: Path) -> None:
-    write_json(path, obj, allow_nan=False)
-
-
 def eval_folder_name(subset: str, tta: bool = False, largest_component: bool = False) -> str:
     """``test``, ``test-tta``, ``test-lcc``, ``test-tta-lcc``: each setting keeps its own tables."""
     return str(subset) + ("-tta" if tta else "") + ("-lcc" if largest_component else "")
@@ -216,8 +207,8 @@ def evaluate_run(
         "skipped_unlabeled": [s for s in ids if s not in labeled],
         **summarise(per_subject, clinical), "seconds": round(time.time() - t0, 2),
     }
-    _write_csv(per_subject, out_dir / "per_subject.csv")
-    _write_csv(clinical, out_dir / "clinical.csv")
-    _write_json(summary, out_dir / "summary.json")
+    write_csv(out_dir / "per_subject.csv", per_subject)
+    write_csv(out_dir / "clinical.csv", clinical)
+    write_json(out_dir / "summary.json", summary, allow_nan=False)
     return summary
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..atomic import atomic_path
+from ..atomic import write_csv
 from .convergence import convergence_plot, convergence_summary, convergence_table
 from .plots import dice_vs_budget, training_curves, validation_curves
 from .results import collect_results
@@ -27,8 +27,7 @@ def write_report(out: str | Path) -> dict:
     summary = convergence_summary(curves, info)
     plots = dice_vs_budget(results, out / "plots") + training_curves(curves, out / "plots")
     if not summary.empty:
-        with atomic_path(out / "convergence.csv") as tmp:
-            summary.to_csv(tmp, index=False)
+        write_csv(out / "convergence.csv", summary)
         tables["convergence"] = convergence_table(summary)
         study = set(info[info["studies"].str.contains("convergence")]["run"])
         if study:

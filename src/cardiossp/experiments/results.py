@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..atomic import atomic_path
+from ..atomic import write_csv
 from .runner import load_campaign
 
 CASE_COLUMNS = ["subject", "dataset", "vendor", "centre", "pathology", "phase"]
@@ -54,8 +54,7 @@ def collect_results(out: str | Path) -> pd.DataFrame:
     _, runs = load_campaign(out)
     parts = [r for spec in runs if spec.kind == "train" and (r := run_rows(spec, out / spec.name)) is not None]
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=RUN_COLUMNS + ["value"])
-    with atomic_path(out / "results.csv") as tmp:
-        table.to_csv(tmp, index=False)
+    write_csv(out / "results.csv", table)
     return table
 
 

@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Protocol
 
-from .. import atomic
+from ..atomic import write_json
 from ..errors import ConfigError
 from .plan import Plan, RunSpec, expand, pretrain_config, train_config
 
@@ -67,10 +67,6 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return i, n
 
 
-def write_json(path: Path, data: dict) -> None:
-    atomic.write_json(path, data, default=str)
-
-
 def run_campaign(plan: Plan, out: str | Path, studies: list[str] | None = None, shard: tuple[int, int] = (0, 1),
                  dry_run: bool = False, executor: Executor | None = None, say: Say = print) -> list[dict]:
     """Run (or with ``dry_run`` only list) this shard's runs; returns one status row per run."""
@@ -83,7 +79,8 @@ def run_campaign(plan: Plan, out: str | Path, studies: list[str] | None = None, 
         return [{"run": s.name, "studies": "+".join(s.studies), "status": status(s, out)} for _, s in mine]
     executor = executor or _default_executor()
     # the whole plan, whatever this call runs: tables cover every evaluated run of the folder
-    write_json(out / "campaign.json", {"plan": asdict_plan(plan), "runs": [asdict(s) for s in expand(plan)]})
+    write_json(out / "campaign.json", {"plan": asdict_plan(plan), "runs": [asdict(s) for s in expand(plan)]},
+               default=str)
     executor.prepare(plan, out)
     rows = []
     for k, (_, spec) in enumerate(mine):
@@ -103,7 +100,7 @@ def run_campaign(plan: Plan, out: str | Path, studies: list[str] | None = None, 
                 executor.evaluate(spec, folder)
         except Exception as e:  # noqa: BLE001 - one failing run must not stop the campaign
             write_json(folder / "failed.json", {"error": f"{type(e).__name__}: {e}",
-                                                "traceback": traceback.format_exc()})
+                                                "traceback": traceback.format_exc()}, default=str)
             say(f"    failed: {type(e).__name__}: {e} (see {folder / 'failed.json'})")
             rows.append({"run": spec.name, "status": "failed", "error": str(e)})
             continue

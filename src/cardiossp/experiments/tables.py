@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..atomic import atomic_path, write_text
+from ..atomic import write_csv, write_text
 
 CLASSES = ("mean", "LV", "MYO", "RV")
 
@@ -121,6 +121,5 @@ def write_tables(tables: dict[str, pd.DataFrame], out: str | Path) -> Path:
     out = Path(out)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     for name, t in tables.items():
-        with atomic_path(out / "tables" / f"{name}.csv") as tmp:
-            t.to_csv(tmp)
+        write_csv(out / "tables" / f"{name}.csv", t, index=True)
     return write_text(out / "tables.md", to_markdown(tables))

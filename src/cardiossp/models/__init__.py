@@ -38,8 +38,10 @@ from .registry import (
 )
 from .resnet_unet import build_resnet_unet
 from .unet import build_unet, unet_features
+from .weights import FitReport, fit_state_dict
 
 __all__ = [
+    "FitReport",
     "GROUPS",
     "MODELS",
     "ModelSpec",
@@ -53,6 +55,7 @@ __all__ = [
     "decode_features",
     "deep_supervision_scales",
     "encoder_features",
+    "fit_state_dict",
     "group_parameters",
     "input_divisor",
     "is_bare_encoder",

@@ -29,6 +29,7 @@ from ..errors import CheckpointError, ConfigError
 from . import unet
 from .registry import MODELS, unwrap
 from .resnet_encoder import adapt_input_conv
+from .weights import fit_state_dict
 
 log = logging.getLogger("cardiossp")
 NOT_FACTORY_FIELDS = ("name", "deep_supervision", "encoder_weights", "options")
@@ -102,17 +103,9 @@ def load_encoder_weights_file(model: nn.Module, path: str | Path) -> int:
         if state["conv1.weight"].shape[1] == 3 and in_channels != 3:
             state["conv1.weight"] = adapt_input_conv(state["conv1.weight"], in_channels)
             adapted = f" (conv1: RGB filters summed into {in_channels} channel)"
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-                  for k in own if k in state and state[k].shape != own[k].shape]  # fmt: skip
-    if missing or unexpected or mismatched:
-        parts = [f"{len(items)} {what} ({', '.join(items[:4])}{' ...' if len(items) > 4 else ''})"
-                 for what, items in (("missing", missing), ("unexpected", unexpected),
-                                     ("shape mismatches file vs model", mismatched)) if items]  # fmt: skip
-        raise CheckpointError(f"{path}: does not fit the encoder of {type(unwrap(model)).__name__}: "
-                              f"{'; '.join(parts)} (for a ResNet encoder: a torchvision ResNet state dict "
-                              f"of the same depth; deeplabv3 needs ResNet-50)")  # fmt: skip
+    fit_state_dict(own, state, str(path), optional=("num_batches_tracked",)).require_exact(
+        f"does not fit the encoder of {type(unwrap(model)).__name__}", limit=4, theirs="file",
+        hint=" (for a ResNet encoder: a torchvision ResNet state dict of the same depth; deeplabv3 needs ResNet-50)")
     encoder.load_state_dict(state, strict=False)
     log.info("initialised %d encoder tensors from %s%s", len(state), path, adapted)
     return len(state)

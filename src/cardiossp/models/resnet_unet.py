@@ -7,8 +7,8 @@ upsamples x2 (nearest), concatenates the matching encoder skip (layer3, layer2, 
 last block has none, it brings the stem's H/2 back to H) and applies two 3x3 conv -> BatchNorm ->
 ReLU. Batch norm throughout, so the decoder matches an encoder that may carry ImageNet statistics.
 
-Deep supervision, as nnU-Net does it (Isensee et al. 2021) so that the training recipe of SPEC §2
-(Dice + CE over the DS outputs, weights 1/2^i) applies unchanged and a comparison with ``unet``
+Deep supervision, as nnU-Net does it (Isensee et al. 2021) so that the training recipe of de Mooij et al.
+2024 (Dice + CE over the DS outputs, weights 1/2^i) applies unchanged and a comparison with ``unet``
 differs only in the architecture: one 1x1 conv per decoder block in ``decoder.seg_layers`` (always
 built, so weights load whatever the flag), giving outputs at H, H/2, H/4, H/8, H/16 when
 ``deep_supervision`` is on, only the full-resolution one otherwise (the plain smp-style U-Net).

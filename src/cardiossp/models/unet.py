@@ -119,11 +119,6 @@ def deep_supervision_scales(model: nn.Module) -> list[list[float]]:
     return [[float(v) for v in row] for row in (1.0 / np.cumprod(strides, axis=0))[:-1]]
 
 
-def set_deep_supervision(model: nn.Module, enabled: bool) -> None:
-    """Switch DS outputs on/off (nnU-Net turns it off for inference); weights stay loadable."""
-    unwrap(model).decoder.deep_supervision = bool(enabled)
-
-
 def _plain_unet_features(model: PlainConvUNet, x: Tensor) -> list[Tensor]:
     dy, dx = input_divisor(model)
     if x.shape[-2] % dy or x.shape[-1] % dx:

@@ -2,7 +2,7 @@
 
 Registered: ``simclr`` (Chen et al. 2020), ``pcl`` (Zeng et al. 2021), ``dino``
 (Caron et al. 2021), ``mim`` (masked image modelling, de Mooij et al. 2024), ``position``
-(anatomical position pretext, Bai et al. 2019), ``byol`` (Grill et al. 2020; seed 004).
+(anatomical position pretext, Bai et al. 2019), ``byol`` (Grill et al. 2020; as Saeed et al. 2022 use it).
 """
 
 from .base import SSP_METHODS, SSPMethod, build_method

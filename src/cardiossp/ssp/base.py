@@ -1,7 +1,7 @@
 """The contract every self-supervised pretraining (SSP) method follows, and its registry.
 
 A method is a small ``nn.Module``; the engine owns the loop, AMP, clipping, logging and
-checkpoints (DESIGN habit 1, after timm's ``task`` modules). One training step is::
+checkpoints (after timm's ``task`` modules). One training step is::
 
     views = method.make_views(sample)              # per sample, CPU, DataLoader worker
     out = method.forward_loss(batch, progress)     # {"loss": scalar tensor, "<log>": float}
@@ -31,8 +31,11 @@ same tensors (PlainConvUNet stores its encoder again as ``decoder.encoder.*``) a
 included, so nnU-Net's ``load_pretrained_weights`` finds every key it expects.
 
 Backbones: any segmentation network ``backbone_factory(num_classes, deep_supervision)``
-whose ``.encoder(x)`` returns the list of skip features (last = bottleneck), e.g.
-nnU-Net's ``PlainConvUNet`` (Isensee et al. 2021).
+whose ``.encoder(x)`` returns the list of skip features (last = bottleneck) and declares their
+``output_channels``, e.g. nnU-Net's ``PlainConvUNet`` (Isensee et al. 2021) or the ResNet encoders.
+Methods keep the encoder alone (``build_encoder``) and pool its bottleneck with the model
+registry's helpers (``cardiossp.models.pooled_bottleneck``, ``bottleneck_dim``), which take a
+bare encoder as well as a whole model.
 """
 
 from __future__ import annotations
@@ -67,6 +70,14 @@ def build_backbone(factory: BackboneFactory, num_classes: int, deep_supervision:
     return net
 
 
+def build_encoder(factory: BackboneFactory) -> tuple[nn.Module, dict[str, str]]:
+    """The encoder of a fresh backbone (1 class, no deep supervision) and its ``encoder_key_map``.
+    The rest of the network is dropped: it is not trained, and parameters that never get a
+    gradient would be dead weight in the optimiser and trouble DDP."""
+    net = build_backbone(factory, 1, False)
+    return net.encoder, encoder_key_map(net)
+
+
 def encoder_key_map(net: nn.Module) -> dict[str, str]:
     """Map every key of ``net.state_dict()`` whose tensor is one of ``net.encoder``'s to
     that tensor's key in ``net.encoder.state_dict()`` (finds aliases such as
@@ -88,32 +99,6 @@ def encoder_state(encoder: nn.Module, key_map: dict[str, str]) -> dict[str, Tens
     """Snapshot of ``encoder`` in the segmentation model's key namespace."""
     sd = encoder.state_dict()
     return {seg_key: sd[enc_key].detach().clone() for seg_key, enc_key in key_map.items()}
-
-
-def encoder_features(encoder: nn.Module, x: Tensor) -> Tensor:
-    """Bottleneck features (B, C, h, w) of ``encoder(x)`` (list of skips or a tensor)."""
-    feats = encoder(x)
-    return feats[-1] if isinstance(feats, (list, tuple)) else feats
-
-
-def pooled(encoder: nn.Module, x: Tensor) -> Tensor:
-    """Global-average-pooled bottleneck: (B, 1, H, W) -> (B, C)."""
-    return encoder_features(encoder, x).mean(dim=(-2, -1))
-
-
-@torch.no_grad()
-def bottleneck_channels(encoder: nn.Module, size: tuple[int, int]) -> int:
-    """Channels of the bottleneck: ``encoder.output_channels[-1]`` when the encoder
-    declares it (dynamic_network_architectures), else one dummy forward at ``size``."""
-    declared = getattr(encoder, "output_channels", None)
-    if isinstance(declared, (list, tuple)) and declared:
-        return int(declared[-1])
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        return int(encoder_features(encoder, torch.zeros(1, 1, *size)).shape[1])
-    finally:
-        encoder.train(was_training)
 
 
 def fp32(*tensors: Tensor) -> list[Tensor]:

@@ -1,5 +1,5 @@
 """BYOL, Bootstrap Your Own Latent (Grill et al. 2020, https://arxiv.org/abs/2006.07733), on a
-U-Net encoder, as seed 004 uses it (Saeed, Muhtaseb, Yaqub 2022, "Contrastive Pretraining
+U-Net encoder, as Saeed et al. use it (Saeed, Muhtaseb, Yaqub 2022, "Contrastive Pretraining
 for Echocardiography Segmentation with Limited Data", MIUA; code
 BioMedIA-MBZUAI/contrastive-echo).
 
@@ -11,12 +11,12 @@ at initialisation, ``requires_grad=False``, updated only by EMA with momentum co
 ``cosine_schedule`` at ``progress = step / (max_steps - 1)``). Each of the two augmented
 views goes through both networks; the loss is the paper's symmetrised one,
 ``(2 - 2 cos(p0, sg(z1))) + (2 - 2 cos(p1, sg(z0)))`` averaged over the batch (lightly's
-``NegativeCosineSimilarity`` is ``-cos``), the same as seed 004's ``loss_a + loss_b``.
-The two views pass separately, as in lightly's and seed 004's code, so the heads' batch
-norm sees one view at a time. The online encoder transfers (seed 004 loads
+``NegativeCosineSimilarity`` is ``-cos``), the same as Saeed et al. 2022's ``loss_a + loss_b``.
+The two views pass separately, as in lightly's and Saeed et al. 2022's code, so the heads' batch
+norm sees one view at a time. The online encoder transfers (Saeed et al. 2022 load
 ``online_network.encoder``).
 
-Defaults are the paper's and seed 004's (which uses these heads and tau 0.996 through
+Defaults are the paper's and Saeed et al. 2022's (which use these heads and tau 0.996 through
 pl_bolts); the optimiser lives in the pretraining presets.
 """
 
@@ -33,17 +33,15 @@ from lightly.models.utils import deactivate_requires_grad, update_momentum
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..models import bottleneck_dim, pooled_bottleneck
 from .base import (
     SSP_METHODS,
     BackboneFactory,
     SSPMethod,
-    bottleneck_channels,
-    build_backbone,
-    encoder_key_map,
+    build_encoder,
     encoder_state,
     fp32,
     no_autocast,
-    pooled,
     require,
 )
 from .schedules import ema_momentum
@@ -76,13 +74,10 @@ class BYOL(SSPMethod):
             raise ConfigError(
                 f"byol: need 0 <= momentum_start ({c['momentum_start']}) <= momentum_end ({c['momentum_end']}) <= 1"
             )
-        net = build_backbone(backbone_factory, 1, False)
-        self.online_backbone = net.encoder
-        self._key_map = encoder_key_map(net)
-        del net  # the decoder is not trained
+        self.online_backbone, self._key_map = build_encoder(backbone_factory)
         out_dim = int(c["proj_output_dim"])
         self.online_projection = BYOLProjectionHead(
-            bottleneck_channels(self.online_backbone, self.input_size), int(c["proj_hidden_dim"]), out_dim
+            bottleneck_dim(self.online_backbone), int(c["proj_hidden_dim"]), out_dim
         )
         self.online_prediction = BYOLPredictionHead(out_dim, int(c["pred_hidden_dim"]), out_dim)
         self.target_backbone = copy.deepcopy(self.online_backbone)
@@ -100,12 +95,12 @@ class BYOL(SSPMethod):
 
     def online(self, x: Tensor) -> Tensor:
         """(B, 1, H, W) -> predictions p (B, proj_output_dim)."""
-        return self.online_prediction(self.online_projection(pooled(self.online_backbone, x)))
+        return self.online_prediction(self.online_projection(pooled_bottleneck(self.online_backbone, x)))
 
     @torch.no_grad()
     def target(self, x: Tensor) -> Tensor:
         """(B, 1, H, W) -> target projections z (B, proj_output_dim), no gradient."""
-        return self.target_projection(pooled(self.target_backbone, x))
+        return self.target_projection(pooled_bottleneck(self.target_backbone, x))
 
     def forward_loss(self, batch: dict, progress: float) -> dict:
         v0, v1 = require(batch, "view0", "view1")

@@ -34,17 +34,15 @@ from lightly.models.utils import deactivate_requires_grad, update_momentum
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..models import bottleneck_dim, pooled_bottleneck
 from .base import (
     SSP_METHODS,
     BackboneFactory,
     SSPMethod,
-    bottleneck_channels,
-    build_backbone,
-    encoder_key_map,
+    build_encoder,
     encoder_state,
     fp32,
     no_autocast,
-    pooled,
     require,
 )
 from .schedules import ema_momentum, teacher_temperature
@@ -120,12 +118,9 @@ class DINO(SSPMethod):
         self.local_size = as_size(c["local_size"] or (self.input_size[0] // 2, self.input_size[1] // 2))
         self.augment_local = augment_local or default_augment(c["augment"], self.local_size)
 
-        net = build_backbone(backbone_factory, 1, False)
-        self.student_backbone = net.encoder
-        self._key_map = encoder_key_map(net)
-        del net
+        self.student_backbone, self._key_map = build_encoder(backbone_factory)
         head_kwargs = dict(
-            input_dim=bottleneck_channels(self.student_backbone, self.input_size),
+            input_dim=bottleneck_dim(self.student_backbone),
             hidden_dim=int(c["head_hidden_dim"]),
             bottleneck_dim=int(c["head_bottleneck_dim"]),
             output_dim=int(c["head_output_dim"]),
@@ -170,7 +165,7 @@ class DINO(SSPMethod):
 
     def _embed(self, backbone: nn.Module, head: nn.Module, views: list[Tensor]) -> list[Tensor]:
         """Same-size views (each (B,1,h,w)) in one pass -> list of (B, head_output_dim)."""
-        return list(head(pooled(backbone, torch.cat(views))).chunk(len(views)))
+        return list(head(pooled_bottleneck(backbone, torch.cat(views))).chunk(len(views)))
 
     def forward_loss(self, batch: dict, progress: float) -> dict:
         c = self.cfg

@@ -48,13 +48,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..models import bottleneck_dim, pool_features
 from .base import (
     SSP_METHODS,
     BackboneFactory,
     SSPMethod,
-    bottleneck_channels,
-    build_backbone,
-    encoder_key_map,
+    build_encoder,
     encoder_state,
     require,
 )
@@ -147,14 +146,6 @@ def position_pretext_loss(
     return {"loss": loss, **out}
 
 
-def bottleneck_of(encoder_output) -> Tensor:
-    """Pooled bottleneck (B, C) of an encoder's output (list of skips, dict, or one map)."""
-    if isinstance(encoder_output, dict):
-        encoder_output = list(encoder_output.values())
-    feats = encoder_output[-1] if isinstance(encoder_output, (list, tuple)) else encoder_output
-    return feats.mean(dim=(-2, -1)) if feats.ndim == 4 else feats
-
-
 class PositionPretext(nn.Module):
     """Head and loss of the pretext, shared by pretraining and SSL+MultiTask fine-tuning.
 
@@ -186,7 +177,7 @@ class PositionPretext(nn.Module):
 
     def predict(self, encoder_output) -> tuple[Tensor, Tensor, Tensor]:
         """(bin logits (B, bins), view logits (B, len(VIEWS)), normal (B, 3), not normalised)."""
-        out = self.head(bottleneck_of(encoder_output))
+        out = self.head(pool_features(encoder_output))
         return out[:, : self.n_bins], out[:, self.n_bins : -3], out[:, -3:]
 
     def forward(self, encoder_output, batch: dict) -> dict[str, Tensor]:
@@ -244,11 +235,8 @@ class AnatomicalPosition(SSPMethod):
 
     def __init__(self, backbone_factory: BackboneFactory, cfg: dict | None = None, augment: Augment | None = None):
         super().__init__(backbone_factory, cfg, augment)
-        net = build_backbone(backbone_factory, 1, False)
-        self.encoder = net.encoder
-        self._key_map = encoder_key_map(net)
-        del net  # the decoder is not trained
-        self.pretext = build_pretext(bottleneck_channels(self.encoder, self.input_size), self.cfg)
+        self.encoder, self._key_map = build_encoder(backbone_factory)
+        self.pretext = build_pretext(bottleneck_dim(self.encoder), self.cfg)
 
     @property
     def view_maker(self) -> PositionViews:

@@ -3,7 +3,7 @@
 ``progress = progress(step, total_steps) = min(1, step / total_steps)`` is computed once by
 the engine (the one definition: the pretraining module's schedules and its learning rate
 use it); every schedule here is a stateless function of it, so resuming a run or
-testing a schedule needs no optimizer or scheduler object (DESIGN habit 6, after DINO's
+testing a schedule needs no optimizer or scheduler object (after DINO's
 ``cosine_scheduler``, Caron et al. 2021, https://arxiv.org/abs/2104.14294).
 
 ``cosine(p, a, b)`` equals ``lightly.utils.scheduler.cosine_schedule(step, max_steps, a,

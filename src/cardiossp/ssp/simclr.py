@@ -17,17 +17,15 @@ from lightly.models.modules.heads import SimCLRProjectionHead
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..models import bottleneck_dim, pooled_bottleneck
 from .base import (
     SSP_METHODS,
     BackboneFactory,
     SSPMethod,
-    bottleneck_channels,
-    build_backbone,
-    encoder_key_map,
+    build_encoder,
     encoder_state,
     fp32,
     no_autocast,
-    pooled,
     require,
 )
 from .views import Augment, TwoViews
@@ -59,12 +57,9 @@ class SimCLR(SSPMethod):
             raise ConfigError(f"{self.name}: temperature must be > 0, got {c['temperature']}")
         if c["proj_layers"] < 2:
             raise ConfigError(f"{self.name}: proj_layers must be >= 2, got {c['proj_layers']}")
-        net = build_backbone(backbone_factory, 1, False)
-        self.encoder = net.encoder
-        self._key_map = encoder_key_map(net)
-        del net  # the decoder is not trained: keeping it would leave unused parameters
+        self.encoder, self._key_map = build_encoder(backbone_factory)
         self.projection_head = SimCLRProjectionHead(
-            input_dim=bottleneck_channels(self.encoder, self.input_size),
+            input_dim=bottleneck_dim(self.encoder),
             hidden_dim=int(c["proj_hidden_dim"]),
             output_dim=int(c["proj_output_dim"]),
             num_layers=int(c["proj_layers"]),
@@ -81,7 +76,7 @@ class SimCLR(SSPMethod):
 
     def embed(self, x: Tensor) -> Tensor:
         """(B, 1, H, W) -> projections (B, proj_output_dim)."""
-        return self.projection_head(pooled(self.encoder, x))
+        return self.projection_head(pooled_bottleneck(self.encoder, x))
 
     def contrastive_loss(self, z0: Tensor, z1: Tensor, batch: dict) -> Tensor:
         """The loss of projections ``z0``, ``z1`` (B, D), in float32 also under autocast."""

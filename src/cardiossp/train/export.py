@@ -19,6 +19,7 @@ from ..config import ModelConfig, TrainConfig, from_dict
 from ..data.labels import NUM_CLASSES
 from ..errors import CheckpointError, ConfigError
 from ..models import build_from_config
+from ..models.weights import fit_state_dict
 
 
 def _require_unet(m: ModelConfig, run: Path) -> None:
@@ -40,9 +41,12 @@ def exportable_state(run: str | Path) -> dict[str, torch.Tensor]:
 
         record = load_pretrained(run)
         net = _network(from_dict(ModelConfig, record["model"], "model"), run)
-        state = net.state_dict()
-        state.update({k: v for k, v in record["state_dict"].items() if k in state})
-        return state
+        pretrained = {k: v for k, v in record["state_dict"].items() if ".seg_layers." not in k}  # never exported
+        fit = fit_state_dict(net, pretrained, record["path"])
+        if fit.mismatched:  # nnU-Net's loader would refuse the file
+            raise CheckpointError(f"{fit.source}: pretrained weights do not fit the network their config builds: "
+                                  f"{fit.describe(theirs='pretrained')}")
+        return {**net.state_dict(), **fit.fits}  # keys the method does not pretrain: fresh initialisation
     from ..inference import load_checkpoint
 
     cfg, state = load_checkpoint(run)

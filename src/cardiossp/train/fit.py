@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from lightning.pytorch.utilities import CombinedLoader
 
 from ..config import TrainConfig
 from ..data.augment import build_transforms, spatial_transforms, val_transforms
+from ..data.batch_augment import SeededParams, device_augmentation
 from ..data.datasets import LabeledSlices, UnlabeledSlices
 from ..data.slices import SliceCache
 from ..data.splits import load_split, training_subjects
@@ -46,7 +48,11 @@ def train_segmentation(
     d = cfg.data
     probe = SegmentationModule(cfg, total_steps=1).model
     ds_scales = deep_supervision_scales(probe) if cfg.model.deep_supervision else None
-    train_ds = LabeledSlices(sc, train_ids, d.phases, build_transforms(d.augment, (d.patch_size,) * 2, ds_scales))
+    on_device = device_augmentation(d.augment_on, d.augment, cfg.accelerator in ("auto", "gpu", "cuda")
+                                    and torch.cuda.is_available())
+    patch = (d.patch_size,) * 2
+    train_tf = SeededParams(d.augment, patch) if on_device else build_transforms(d.augment, patch, ds_scales)
+    train_ds = LabeledSlices(sc, train_ids, d.phases, train_tf)
     val_ds = LabeledSlices(sc, sp["val"], ("ED", "ES"), val_transforms((sc.size,) * 2)) if sp["val"] else None
     semi = SEMI_METHODS.get(cfg.semi.method) if cfg.semi.method else None
     run = RunSkeleton(out, resume, "done.json", cfg, monitor="val_dice" if val_ds else None, progress=progress,
@@ -63,7 +69,8 @@ def train_segmentation(
     facts = {}
     if semi is not None:
         pool = unlabeled_pool(sp, train_ids, cfg.subset)
-        unl_ds = UnlabeledSlices(sc, pool, transform=spatial_transforms(d.augment, (d.patch_size,) * 2))
+        unl_ds = UnlabeledSlices(sc, pool, transform=SeededParams(d.augment, patch) if on_device
+                                 else spatial_transforms(d.augment, patch))
         bu = run.rank_batch(cfg.semi.unlabeled_batch_size or d.batch_size, "semi.unlabeled_batch_size")
         unl_sampler = SeededSampler(len(unl_ds), cfg.seed + 1, num_samples=per_epoch * bu * run.world_size)
         unl_loader = seeded_loader(unl_ds, bu, d.num_workers, unl_sampler)

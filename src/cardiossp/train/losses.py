@@ -9,7 +9,7 @@ weight_ce=weight_dice=0.5``). The Dice term is reported as ``1 - mean Dice`` (nn
 ``-mean Dice``; the gradients are identical), so a perfect prediction scores 0.
 
 ``DeepSupervisionLoss`` weighs the output at scale i (0 = full resolution) by 1/2^i, normalised to
-sum 1, as SPEC §2 and the paper's repo (qcardia-models ``MultiScaleLoss``) do: over the 6 outputs of
+sum 1, as de Mooij et al. 2024 and their repo (qcardia-models ``MultiScaleLoss``) do: over the 6 outputs of
 the 7-stage U-Net the weights are 32/63, 16/63, ..., 1/63. nnU-Net v2 instead sets the weight of the
 lowest-resolution output to 0 before normalising; pass ``zero_lowest=True`` for that.
 

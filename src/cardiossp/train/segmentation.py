@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..config import TrainConfig, from_dict, to_dict
+from ..data.batch_augment import apply_batch, spatial_only
 from ..data.labels import task_class_names, task_lut, task_num_classes
 from ..errors import ConfigError
 from ..models import build_from_config, deep_supervision_scales
@@ -114,12 +115,22 @@ class SegmentationModule(L.LightningModule):
         to the task's classes; nearest-neighbour downsampled targets commute with this per-pixel lookup."""
         if isinstance(batch, dict) and "labeled" in batch:  # semi-supervised: only the labeled part has labels
             batch["labeled"] = self.on_after_batch_transfer(batch["labeled"], dataloader_idx)
+            if "aug_params" in batch["unlabeled"]:  # the weak view: geometry only
+                u = batch["unlabeled"]
+                u["image"], _ = apply_batch(spatial_only(u.pop("aug_params")), u["image"], None, self._patch())
             return batch
+        if isinstance(batch, dict) and "aug_params" in batch:  # device-side augmentation (data.augment_on)
+            scales = deep_supervision_scales(self.model) if self.cfg.model.deep_supervision else None
+            batch["image"], batch["segmentation"] = apply_batch(batch.pop("aug_params"), batch["image"],
+                                                                batch["segmentation"], self._patch(), scales)
         seg = batch.get("segmentation") if isinstance(batch, dict) else None
         if seg is not None and self.cfg.data.task != "cardiac":
             lut = self.task_lut.to(seg[0].device if isinstance(seg, (list, tuple)) else seg.device)
             batch["segmentation"] = [lut[t] for t in seg] if isinstance(seg, (list, tuple)) else lut[seg]
         return batch
+
+    def _patch(self) -> tuple[int, int]:
+        return (self.cfg.data.patch_size,) * 2
 
     def on_validation_epoch_start(self) -> None:
         self._val_stats = torch.zeros(3, self.num_classes - 1, device=self.device, dtype=torch.float64)

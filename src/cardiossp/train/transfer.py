@@ -9,7 +9,7 @@ training on the labeled batches, whose slices carry their geometry targets too; 
 init method is a ConfigError, since only the position pretext has a loss on single labeled
 slices). The head is part of the training module only: checkpoints keep it as ``pretext.*``
 next to ``model.*``, and inference loads ``model.*`` alone.
-Loading is loud (DESIGN habit 5): it reports transferred, missing, unexpected and
+Loading is loud: it reports transferred, missing, unexpected and
 shape-mismatched keys, and fails when nothing transfers.
 """
 
@@ -27,6 +27,7 @@ from torch import nn
 from ..config import FinetuneConfig
 from ..errors import CheckpointError, ConfigError
 from ..models import group_parameters
+from ..models.weights import fit_state_dict
 
 log = logging.getLogger("cardiossp")
 STRATEGIES = ("all", "frozen-encoder", "warmup-frozen", "multitask")
@@ -58,17 +59,15 @@ def load_pretrained(path: str | Path) -> dict:
 
 def transfer_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str = "") -> dict:
     """Copy every key of ``state`` whose name and shape fit ``model``; return a report."""
-    own = model.state_dict()
-    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    mismatched = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
-    unexpected = sorted(k for k in state if k not in own)
+    fit = fit_state_dict(model, state, source)
+    fits, mismatched, unexpected = fit.fits, sorted(fit.mismatched), sorted(fit.unexpected)
     if not fits:
         raise CheckpointError(
             f"{source}: no tensor of the pretrained weights fits this model "
             f"({len(mismatched)} shape mismatches, {len(unexpected)} unknown keys) - same architecture and width?")
     model.load_state_dict(fits, strict=False)
     report = {"transferred": len(fits), "mismatched": mismatched, "unexpected": unexpected,
-              "not_pretrained": sorted(k for k in own if k not in fits)}
+              "not_pretrained": sorted([*fit.missing, *fit.mismatched])}
     msg = (f"loaded {len(fits)} pretrained tensors from {source}; {len(report['not_pretrained'])} keys stay "
            f"at their initialisation")
     if mismatched or unexpected:
