@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import write_json, write_text
 from .config import TrainConfig, load_config
 from .data.cache import prepare
 from .data.slices import SliceCache
@@ -73,8 +74,8 @@ def bench_supervised(data: str | Path, out: str | Path, reader: str = "acdc", pr
                     "train_recorded": json.loads((run / "done.json").read_text())["seconds"]},
         "peak_memory_gb": peak_memory_gb(), "machine": machine(),
     }
-    (out / "bench.json").write_text(json.dumps(result, indent=2))
-    (out / "bench.md").write_text(_markdown(result))
+    write_json(out / "bench.json", result)
+    write_text(out / "bench.md", _markdown(result))
     return result
 
 

@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset
 
+from .atomic import write_text
 from .config import TrainConfig, load_config
 from .models import build_model
 from .train.engine import cpu_has_native_bf16, resolve_precision
@@ -131,7 +132,5 @@ def throughput_table(out: str | Path, quick: bool = False, steps: int = 6) -> st
             lines.append(f"| {label} | {'bf16' if bf16 else 'fp32'} | {bare:.2f} | {engine:.2f} | "
                          f"{bare / engine:.3f} | {speed} |")
     text = "\n".join(lines) + "\n"
-    tmp = out / "throughput.md.tmp"
-    tmp.write_text(text)
-    tmp.replace(out / "throughput.md")
+    write_text(out / "throughput.md", text)
     return text

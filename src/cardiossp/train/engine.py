@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
+from ..atomic import write_csv
 from ..errors import ConfigError
 
 CPUINFO = Path("/proc/cpuinfo")
@@ -251,7 +252,7 @@ def kept_metrics(out: Path, resume: bool, enabled: bool = True):
     if resume and path.is_file():
         if before.is_file():  # an earlier resume: accumulate
             merged = pd.concat([pd.read_csv(before), pd.read_csv(path)], ignore_index=True)
-            merged.to_csv(before, index=False)
+            write_csv(before, merged)
             path.unlink()
         else:
             path.replace(before)
@@ -260,9 +261,7 @@ def kept_metrics(out: Path, resume: bool, enabled: bool = True):
     finally:
         if before.is_file():
             parts = [pd.read_csv(before)] + ([pd.read_csv(path)] if path.is_file() else [])
-            tmp = path.with_suffix(".tmp")
-            pd.concat(parts, ignore_index=True).to_csv(tmp, index=False)
-            tmp.replace(path)
+            write_csv(path, pd.concat(parts, ignore_index=True))
             before.unlink()
 
 

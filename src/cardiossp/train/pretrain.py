@@ -1,10 +1,10 @@
 """Lightning module and run function for self-supervised pretraining.
 
 The engine owns the loop (optimiser, schedule, AMP, clipping, checkpoints, DDP); the
-method (``cardiossp.ssp``) owns its views, loss and hooks (DESIGN habit 1); what the engine
+method (``cardiossp.ssp``) owns its views, loss and hooks; what the engine
 needs to know about a method it reads from the method's class (``find_unused_parameters``,
 ``schedule_options``, ``extra_record``), never from its name. Optimiser: SGD with linear
-warm-up then cosine decay per step (SPEC §3), ``schedules.warmup_cosine`` of the same
+warm-up then cosine decay per step (de Mooij et al. 2024, Appendix A), ``schedules.warmup_cosine`` of the same
 ``schedules.progress`` every method schedule uses. Steps per epoch come from the trainer's
 world size (``engine.steps_per_epoch``), so the schedule spans the run on any number of
 processes and nodes. At the end the run writes
@@ -19,6 +19,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from ..atomic import save_torch
 from ..config import PretrainConfig, from_dict, to_dict
 from ..data.datasets import UnlabeledSlices
 from ..data.labels import NUM_CLASSES
@@ -133,8 +134,6 @@ def pretrain(cfg: PretrainConfig, cache: str | Path, out: str | Path, split: str
                     pretrain_subjects=len(subjects), pretrain_slices=len(dataset))
     run.fit(module, seeded_loader(dataset, batch, d.num_workers, sampler))
     if run.finished:
-        tmp = run.out / "pretrained.pt.tmp"
-        torch.save(module.pretrained_record(), tmp)
-        tmp.replace(run.out / "pretrained.pt")
+        save_torch(module.pretrained_record(), run.out / "pretrained.pt")
         run.write_done(slices_per_second=run.trainer.global_step * d.batch_size / max(run.seconds, 1e-9))
     return run.out

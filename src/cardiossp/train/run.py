@@ -19,7 +19,6 @@ steps, the schedules and the learning rate are those of the 1-process run (``eng
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from ..atomic import write_json
 from ..config import save_run_config
 from .engine import build_trainer, kept_metrics, rank_batch, resume_point, steps_per_epoch
 from .sampling import SeededItems, SeededSampler, worker_threads
@@ -105,7 +105,5 @@ class RunSkeleton:
     def write_done(self, **facts) -> dict:
         done = {"seconds": self.seconds, "epochs": self.epochs, "steps": self.trainer.global_step,
                 "world_size": self.world_size, **facts}
-        tmp = self.out / "done.json.tmp"
-        tmp.write_text(json.dumps(done, indent=2))
-        tmp.replace(self.out / "done.json")
+        write_json(self.out / "done.json", done)
         return done
