@@ -139,6 +139,22 @@ def keep_largest_component(labels: np.ndarray, classes=(1, 2, 3)) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- the segmenter
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto``: the first CUDA device when there is one, else the CPU; ``cpu`` / ``cuda`` / ``cuda:N`` as
+    given (a CUDA device that is not there is a ConfigError)."""
+    if isinstance(device, torch.device):
+        return device
+    name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA device on this machine; use cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {device!r}: choose auto, cpu or cuda[:N]") from None
+
+
 class Segmenter:
     """A segmentation network plus the preprocessing grid it was trained on.
 
@@ -149,7 +165,7 @@ class Segmenter:
     def __init__(self, model: nn.Module, spacing: float = DEFAULT_SPACING, size: int = DEFAULT_SIZE,
                  device: str | torch.device = "cpu", tta: bool = False, largest_component: bool = False,
                  batch_size: int = 32, cfg: TrainConfig | None = None):
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         from .models import input_divisor, set_deep_supervision
 

@@ -31,6 +31,7 @@ def experiment(
     shard: Optional[str] = typer.Option(None, help="I/N: run only this share of the runs (job arrays)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and their status; run nothing"),
     progress: bool = typer.Option(False, help="show each run's progress bar"),
+    device: str = typer.Option("auto", help="where test subjects are segmented: auto, cpu or cuda"),
     num_nodes: int = typer.Option(1, min=1, help="machines every pretraining and training run spans (DDP; start "
                                   "the command on every node)"),
 ) -> None:
@@ -45,7 +46,8 @@ def experiment(
     try:
         p = load_plan(plan, parse_data(data))
         rows = run_campaign(p, out, studies=studies.split(",") if studies else None, shard=parse_shard(shard),
-                            dry_run=dry_run, executor=LocalExecutor(progress=progress, num_nodes=num_nodes),
+                            dry_run=dry_run, executor=LocalExecutor(progress=progress, num_nodes=num_nodes,
+                                                                   device=device),
                             say=console.print)
         print_table(pd.DataFrame(rows), title=f"{p.name}: {len(rows)} runs" + (" (dry run)" if dry_run else ""))
         if dry_run:

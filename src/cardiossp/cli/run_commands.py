@@ -100,6 +100,7 @@ def evaluate(
     subset: str = typer.Option("test", help="test | val | train"),
     tta: bool = typer.Option(False, help="mirror test-time augmentation"),
     largest_component: bool = typer.Option(False, help="keep the largest connected component per class"),
+    device: str = typer.Option("auto", help="auto (CUDA when there is one), cpu or cuda[:N]"),
 ) -> None:
     """3D Dice, HD95, ASSD, MCD per class and phase in native geometry, plus clinical indices.
 
@@ -107,7 +108,8 @@ def evaluate(
     from ..evaluate.run import evaluate_run
 
     try:
-        summary = evaluate_run(run, split=split, subset=subset, tta=tta, largest_component=largest_component)
+        summary = evaluate_run(run, split=split, subset=subset, tta=tta, largest_component=largest_component,
+                               device=device)
     except CardiosspError as e:
         fail(e)
     import pandas as pd
@@ -124,6 +126,7 @@ def predict(
     out: Path = typer.Option(..., help="output folder for <name>_seg.nii.gz"),
     tta: bool = typer.Option(False, help="mirror test-time augmentation"),
     largest_component: bool = typer.Option(False, help="keep the largest connected component per class"),
+    device: str = typer.Option("auto", help="auto (CUDA when there is one), cpu or cuda[:N]"),
 ) -> None:
     """Segment new images; outputs keep each input's shape and affine (labels 1 LV, 2 MYO, 3 RV)."""
     from rich.progress import Progress
@@ -132,7 +135,7 @@ def predict(
     from ..predict import predict_files
 
     try:
-        seg = Segmenter.from_checkpoint(model, tta=tta)
+        seg = Segmenter.from_checkpoint(model, tta=tta, device=device)
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task("predict", total=None)
             written = predict_files(seg, inputs, out, tta=tta, largest_component=largest_component,

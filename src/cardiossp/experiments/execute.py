@@ -34,11 +34,13 @@ def domain_subsets(subjects, train_ids: list[str], key: str, groups: dict[str, l
 
 class LocalExecutor:
     """Runs everything here, one run at a time; ``progress`` shows Lightning's bars; ``num_nodes`` > 1
-    makes every pretraining and training run a multi-node DDP run (override ``num_nodes``)."""
+    makes every pretraining and training run a multi-node DDP run (override ``num_nodes``); ``device``
+    (auto, cpu, cuda) is where the test subjects are segmented."""
 
-    def __init__(self, progress: bool = False, num_nodes: int = 1):
+    def __init__(self, progress: bool = False, num_nodes: int = 1, device: str = "auto"):
         self.progress = progress
         self.num_nodes = int(num_nodes)
+        self.device = device
         self.cache: Path | None = None
         self.split: Path | None = None
         self.plan: Plan | None = None
@@ -85,4 +87,4 @@ class LocalExecutor:
         return {"num_nodes": self.num_nodes} if self.num_nodes != 1 else {}
 
     def evaluate(self, spec: RunSpec, folder: Path) -> None:
-        evaluate_run(folder, split=self.split, subset="test", cache=self.cache)
+        evaluate_run(folder, split=self.split, subset="test", cache=self.cache, device=self.device)

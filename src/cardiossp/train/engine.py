@@ -213,6 +213,7 @@ def build_trainer(
         strategy=strategy,
         sync_batchnorm=bool(sync_batchnorm and ddp and _sync_batchnorm_runs_on(accelerator)),
         precision=resolve_precision(precision, accelerator),
+        benchmark=accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available(),  # cudnn autotuning
         gradient_clip_val=grad_clip or None,
         check_val_every_n_epoch=val_every,
         num_sanity_val_steps=0,
