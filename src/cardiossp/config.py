@@ -107,6 +107,7 @@ class TrainConfig:
 class PretrainDataConfig:
     input_size: int = 256  # global crop / view size (pixels)
     augment: str = "paper"
+    augment_on: str = "auto"  # device (batched views, data.batch_augment) | loader (per sample) | auto
     batch_size: int = 128
     num_workers: int = 2
 

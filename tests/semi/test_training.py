@@ -33,7 +33,7 @@ TINY_MODELS = {  # every registered model, small enough for two semi-supervised 
 
 def semi_cfg(method: str, model: str = "unet", **over) -> TrainConfig:
     base = {"semi.method": method, "labeled_subjects": 2, "schedule.epochs": 1, "schedule.iters_per_epoch": 2,
-            "data.batch_size": 4, "model.name": model, **TINY_MODELS[model], **over}
+            "data.batch_size": 2 if model == "deeplabv3" else 4, "model.name": model, **TINY_MODELS[model], **over}
     return load_config(TrainConfig, "train", "tiny", base)
 
 

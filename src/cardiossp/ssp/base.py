@@ -141,7 +141,7 @@ class SSPMethod(nn.Module):
     all_views: ClassVar[bool] = False  # pretrain on long-axis subjects too (split ``other_views``)
     find_unused_parameters: ClassVar[bool] = False  # DDP: some parameters get no gradient in a step
     multitask: ClassVar[bool] = False  # fine-tuning strategy ``multitask`` can keep training its pretext head
-    defaults: ClassVar[dict] = {"input_size": 256, "augment": "paper"}
+    defaults: ClassVar[dict] = {"input_size": 256, "augment": "paper", "augment_on_device": False}
 
     @classmethod
     def schedule_options(cls, epochs: int) -> dict:
@@ -153,7 +153,8 @@ class SSPMethod(nn.Module):
         super().__init__()
         self.cfg = resolve_cfg(self.name, self.defaults, cfg)
         self.input_size = as_size(self.cfg["input_size"])
-        self.augment = augment if augment is not None else default_augment(self.cfg["augment"], self.input_size)
+        self.augment = augment if augment is not None else default_augment(self.cfg["augment"], self.input_size,
+                                                                           self.cfg["augment_on_device"])
 
     # --- data side (CPU, workers) -------------------------------------------------
     @property

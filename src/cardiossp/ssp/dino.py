@@ -116,7 +116,7 @@ class DINO(SSPMethod):
         if c["n_global"] < 2 and c["n_local"] < 1:
             raise ConfigError("dino: need at least two views (n_global >= 2 or n_local >= 1)")
         self.local_size = as_size(c["local_size"] or (self.input_size[0] // 2, self.input_size[1] // 2))
-        self.augment_local = augment_local or default_augment(c["augment"], self.local_size)
+        self.augment_local = augment_local or default_augment(c["augment"], self.local_size, c["augment_on_device"])
 
         self.student_backbone, self._key_map = build_encoder(backbone_factory)
         head_kwargs = dict(

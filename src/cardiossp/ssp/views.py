@@ -54,10 +54,24 @@ def check_sample(sample: dict) -> tuple[Tensor, Tensor, str]:
     return image.float(), torch.tensor(position, dtype=torch.float32), subject
 
 
-def apply(augment: Augment, image: Tensor) -> Tensor:
-    """Run an augmentation callable on a clone of ``image`` (1, H, W); return (1, h, w)."""
-    out = augment({"image": image.clone()})["image"]
-    return torch.as_tensor(out, dtype=torch.float32).contiguous()
+def apply(augment: Augment, image: Tensor) -> Tensor | dict:
+    """Run an augmentation callable on a clone of ``image`` (1, H, W); return (1, h, w).
+
+    A device-side augmentation (``data.batch_augment.SeededParams``) is deferred: the view is then
+    ``{"image": (1, H, W) unchanged, "aug_params": (P,), "patch": (2,)}``, which collates to a batch
+    that the engine augments on the training device (``PretrainModule.on_after_batch_transfer``)."""
+    out = augment({"image": image.clone()})
+    if "aug_params" in out:
+        return {"image": out["image"], "aug_params": out["aug_params"],
+                "patch": torch.tensor(augment.patch_size)}
+    return torch.as_tensor(out["image"], dtype=torch.float32).contiguous()
+
+
+def view_size(view: Tensor | dict) -> tuple[int, int]:
+    """The (h, w) a view has once augmented (a deferred view: its patch size)."""
+    if isinstance(view, dict):
+        return tuple(int(v) for v in view["patch"])  # type: ignore[return-value]
+    return tuple(view.shape[-2:])  # type: ignore[return-value]
 
 
 def random_resized_crop(
@@ -103,10 +117,15 @@ class Resize:
         return {**data, "image": x}
 
 
-def default_augment(preset: str, size: int | tuple[int, int]) -> Augment:
+def default_augment(preset: str, size: int | tuple[int, int], on_device: bool = False) -> Augment:
     """``cardiossp.data.augment.build_transforms(preset, size)`` when that module exists,
-    else :class:`FallbackAugment` (or :class:`Resize` for preset ``none``)."""
+    else :class:`FallbackAugment` (or :class:`Resize` for preset ``none``); with ``on_device``
+    the batched device-side version (``data.batch_augment.SeededParams``)."""
     size = as_size(size)
+    if on_device:
+        from ..data.batch_augment import SeededParams
+
+        return SeededParams(preset, size)
     try:
         from ..data.augment import build_transforms
     except ImportError:
@@ -207,7 +226,7 @@ class MaskedImageViews:
     def __call__(self, sample: dict) -> dict:
         image, position, subject = check_sample(sample)
         x = apply(self.augment, image)
-        size = tuple(x.shape[-2:])
+        size = view_size(x)
         patch = self.patch_size or (max(1, size[0] // 8), max(1, size[1] // 8))
         mask = random_patch_mask(size, patch, self.mask_ratio)  # type: ignore[arg-type]
         return {"image": x, "mask": mask, "position": position, "subject": subject}

@@ -21,6 +21,7 @@ import torch
 
 from ..atomic import save_torch
 from ..config import PretrainConfig, from_dict, to_dict
+from ..data.batch_augment import apply_batch, device_augmentation
 from ..data.datasets import UnlabeledSlices
 from ..data.labels import NUM_CLASSES
 from ..data.slices import SliceCache
@@ -50,7 +51,10 @@ class PretrainModule(L.LightningModule):
         def backbone(num_classes: int, deep_supervision: bool):  # any registered model (+ model.encoder_weights)
             return build_from_config(m, num_classes, deep_supervision)
 
-        options = {"input_size": self.cfg.data.input_size, "augment": self.cfg.data.augment,
+        d = self.cfg.data
+        on_cuda = self.cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        options = {"input_size": d.input_size, "augment": d.augment,
+                   "augment_on_device": device_augmentation(d.augment_on, d.augment, on_cuda),
                    **SSP_METHODS.get(self.cfg.method).schedule_options(self.cfg.schedule.epochs),
                    **self.cfg.method_options}  # the user's options win
         self.method = build_method(self.cfg.method, backbone, options)
@@ -59,6 +63,15 @@ class PretrainModule(L.LightningModule):
 
     def progress(self) -> float:
         return schedules.progress(self.global_step, self.total_steps)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Device-side views (``data.augment_on``): every deferred view ``{"image", "aug_params", "patch"}``
+        of the batch becomes its augmented (B, 1, h, w) tensor here, on the training device."""
+        for key, view in list(batch.items()) if isinstance(batch, dict) else []:
+            if isinstance(view, dict) and "aug_params" in view:
+                patch = tuple(int(v) for v in view["patch"][0])
+                batch[key] = apply_batch(view["aug_params"], view["image"], None, patch)[0]
+        return batch
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self.method.forward_loss(batch, self.progress())
