@@ -185,3 +185,38 @@ def test_decode_of_encoder_features_is_the_forward(name):
     ref = ref if isinstance(ref, (list, tuple)) else [ref]
     out = out if isinstance(out, (list, tuple)) else [out]
     assert len(ref) == len(out) and all(torch.allclose(a, b) for a, b in zip(ref, out))
+
+
+@pytest.mark.parametrize("name", ["mean-teacher", "bcp", "unimatch"])
+def test_teacher_and_pseudo_labels_get_no_gradient(name):
+    """One step of each method on a tiny U-Net: the loss reaches the student only; an EMA teacher
+    has no gradient and afterwards equals the EMA of its old weights and the updated student."""
+    from cardiossp.semi import build_semi
+    from cardiossp.semi.base import Step
+    from cardiossp.train.losses import DeepSupervisionLoss, DiceCELoss
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_stages=3, base_features=4, max_features=16)
+    student = build_from_config(cfg, 4)
+    options = {"bcp": {"warmup_fraction": 0.0}, "unimatch": {"threshold": 0.0}}.get(name, {})
+    method = build_semi(name, student, options)
+    sup = DeepSupervisionLoss(DiceCELoss(), 2).terms
+    lab = {"image": torch.randn(4, 1, 32, 32), "segmentation": torch.randint(0, 4, (4, 1, 32, 32))}
+    unl = {"image": torch.randn(4, 1, 32, 32)}
+    step = Step(progress=0.5, global_step=10, generator=step_generator(0, 10, torch.device("cpu")))
+    terms = method.training_terms(student, sup, lab, unl, step)
+    assert torch.isfinite(terms["loss"]) and float(terms["unsup"]) > 0
+    terms["loss"].backward()
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
+    teacher = getattr(method, "teacher", None)
+    if teacher is None:
+        return
+    assert all(p.grad is None for p in teacher.parameters())
+    before = [p.clone() for p in teacher.net.parameters()]
+    with torch.no_grad():
+        for p in student.parameters():
+            p.sub_(0.01 * p.grad)
+    method.on_train_batch_end(student, 10)
+    a = min(1 - 1 / 11, 0.99) if name == "mean-teacher" else 0.99
+    for t, b, s in zip(teacher.net.parameters(), before, student.parameters()):
+        torch.testing.assert_close(t, a * b + (1 - a) * s)
