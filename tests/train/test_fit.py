@@ -95,3 +95,14 @@ def test_ddp_two_cpu_processes(tmp_path, phantom_cache):
     assert res.returncode == 0, res.stderr[-3000:]
     done = json.loads((tmp_path / "ddp" / "done.json").read_text())
     assert done["steps"] == 4  # global batch 8 = 4 per rank: the 4 iterations of the 1-process run
+
+
+def test_done_json_counts_the_time_of_every_session(tmp_path, phantom_cache, one_thread):
+    cache, split = phantom_cache
+    cfg = tiny(**{"schedule.epochs": 2, "schedule.iters_per_epoch": 2})
+    part = train_segmentation(cfg, cache, split, tmp_path / "part", progress=False, callbacks=[StopAfter(1)])
+    first = json.loads((part / "logs" / "elapsed.json").read_text())
+    assert first["epoch"] == 1 and first["seconds"] > 0
+    train_segmentation(cfg, cache, split, part, progress=False, resume=True)
+    done = json.loads((part / "done.json").read_text())
+    assert done["seconds"] > first["seconds"]  # the first session's time is included

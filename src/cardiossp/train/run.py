@@ -19,11 +19,13 @@ steps, the schedules and the learning rate are those of the 1-process run (``eng
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from ..atomic import write_json
@@ -42,6 +44,30 @@ def seeded_loader(dataset, batch_size: int, num_workers: int, sampler=None, drop
                       pin_memory=torch.cuda.is_available())
 
 
+class ElapsedTime(Callback):
+    """Training seconds summed over every session of a run (``logs/elapsed.json``, rewritten at the end
+    of each epoch by rank 0): a resumed run's ``done.json`` reports the whole run, not its last part
+    (the part of an epoch that was interrupted is not counted)."""
+
+    def __init__(self, out: Path, resume: bool):
+        self.path = out / "logs" / "elapsed.json"
+        self.before = 0.0
+        if resume and self.path.is_file():
+            self.before = float(json.loads(self.path.read_text()).get("seconds", 0.0))
+        self.t0 = time.time()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.t0 = time.time()
+
+    @property
+    def seconds(self) -> float:
+        return self.before + time.time() - self.t0
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            write_json(self.path, {"seconds": self.seconds, "epoch": trainer.current_epoch + 1})
+
+
 class RunSkeleton:
     """One run folder's life; ``cfg`` is a TrainConfig or PretrainConfig (same common fields)."""
 
@@ -53,12 +79,14 @@ class RunSkeleton:
         self.ckpt_path = resume_point(self.out, resume, finished_marker)
         self.cfg = cfg
         L.seed_everything(cfg.seed, workers=True, verbose=False)
+        self.elapsed = ElapsedTime(self.out, resume)
         s = cfg.schedule
         self.epochs = s.epochs
         self.trainer = build_trainer(self.out, s.epochs, cfg.precision, cfg.accelerator, cfg.devices,
                                      num_nodes=int(cfg.num_nodes), monitor=monitor, grad_clip=cfg.optim.grad_clip,
                                      val_every=s.val_every, loggers=loggers, progress=progress,
-                                     callbacks=callbacks, find_unused_parameters=find_unused_parameters)
+                                     callbacks=[self.elapsed, *(callbacks or [])],
+                                     find_unused_parameters=find_unused_parameters)
         self.seconds = 0.0
 
     @property
@@ -92,10 +120,9 @@ class RunSkeleton:
             save_run_config(self.cfg, self.out, world_size=self.world_size, **facts)
 
     def fit(self, module: L.LightningModule, train_loader, val_loader=None) -> None:
-        t0 = time.time()
         with kept_metrics(self.out, self.resume, enabled=self.is_global_zero):
             self.trainer.fit(module, train_loader, val_loader, ckpt_path=self.ckpt_path)
-        self.seconds = time.time() - t0
+        self.seconds = self.elapsed.seconds  # every session of the run, resumes included
 
     @property
     def finished(self) -> bool:
