@@ -285,13 +285,14 @@ def base_env() -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["pcl", "dino", "byol"])
 def test_two_process_pretraining_finishes_when_the_data_does_not_divide(method, tmp_path, odd_cache):
-    """15 slices, batch 4, 2 ranks: both ranks take ceil(15 / 2) = 8 items = 2 steps (unpadded: 2 vs 1, a hang)."""
+    """15 slices, global batch 4 = 2 per rank, 2 ranks: both ranks take ceil(15 / 2) = 8 items = 4 steps
+    (unpadded: 8 vs 7 items, 4 vs 3 steps, a hang)."""
     out = tmp_path / "run"
     env = {**base_env(), "MASTER_PORT": str(free_port())}
     (res,) = run_all([pretrain_cmd(method, odd_cache, out, "--devices", "2")], [env])
     assert res.returncode == 0, res.stderr[-3000:]
     done = json.loads((out / "done.json").read_text())
-    per_epoch = math.ceil(N_SLICES / 2) // BATCH
+    per_epoch = math.ceil(N_SLICES / 2) // (BATCH // 2)
     assert done["world_size"] == 2 and done["steps"] == per_epoch
     hp = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["hyper_parameters"]
     assert hp["total_steps"] == done["steps"]  # the lr schedule ran to its end, no further
@@ -311,5 +312,5 @@ def test_two_nodes_on_localhost(tmp_path, odd_cache):
     for r, res in enumerate(results):
         assert res.returncode == 0, f"node {r}: {res.stderr[-3000:]}"
     done = json.loads((out / "done.json").read_text())
-    assert done["world_size"] == 2 and done["steps"] == math.ceil(N_SLICES / 2) // BATCH
+    assert done["world_size"] == 2 and done["steps"] == math.ceil(N_SLICES / 2) // (BATCH // 2)
     assert yaml.safe_load((out / "config.yaml").read_text())["config"]["num_nodes"] == 2

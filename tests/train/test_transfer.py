@@ -228,7 +228,7 @@ def test_freezing_strategies_under_ddp(strategy, tmp_path, pretrained_run, phant
     res = subprocess.run(cmd, check=False, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
                          timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert json.loads((out / "done.json").read_text())["steps"] == 4  # 2 epochs x 2 steps per rank
+    assert json.loads((out / "done.json").read_text())["steps"] == 8  # 2 epochs x 4 iterations (global batch fixed)
     final = {k.removeprefix("model."): v for k, v in
              torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"].items()}
     pretrained = load_pretrained(pretrained_run)["state_dict"]

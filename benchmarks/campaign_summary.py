@@ -1,0 +1,46 @@
+"""Per-run test figures of a campaign folder, as a markdown table (the few-label benchmark).
+
+    python benchmarks/campaign_summary.py bench/few            # every evaluated run
+    python benchmarks/campaign_summary.py bench/few --runs 'unimatch-*' 'scratch-*'
+
+Columns: mean and per-class test 3D Dice (native grid), HD95 per class (mm), LVEF absolute error
+(percentage points), training wall time (``done.json`` seconds; minutes) and the final validation
+pseudo-Dice. Reads ``RUN/eval/test/summary.json`` and ``RUN/done.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+from pathlib import Path
+
+
+def row(run: Path) -> str | None:
+    summary, done = run / "eval" / "test" / "summary.json", run / "done.json"
+    if not summary.is_file() or not done.is_file():
+        return None
+    o, d = json.loads(summary.read_text()), json.loads(done.read_text())
+    ov, clin = o["overall"], o.get("clinical", {})
+    dice = [ov[f"dice_{c}"]["mean"] for c in ("LV", "MYO", "RV")]
+    hd = [ov[f"hd95_{c}"]["mean"] for c in ("LV", "MYO", "RV")]
+    ef = clin.get("LV_EF", {}).get("mae", float("nan"))
+    val = d.get("metrics", {}).get("val_dice", float("nan"))
+    return (f"| {run.name} | {ov['dice_mean']['mean']:.3f} | " + " / ".join(f"{v:.3f}" for v in dice) + " | "
+            + " / ".join(f"{v:.1f}" for v in hd) + f" | {ef:.1f} | {d['seconds'] / 60:.1f} | {val:.3f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("campaign", type=Path)
+    ap.add_argument("--runs", nargs="*", default=["*"], help="run-name patterns")
+    args = ap.parse_args()
+    print("| run | mean Dice | LV / MYO / RV Dice | HD95 LV / MYO / RV (mm) | LVEF error (%) | train min | val |")
+    print("|---|---|---|---|---|---|---|")
+    for run in sorted((args.campaign / "runs").iterdir()):
+        if any(fnmatch.fnmatch(run.name, p) for p in args.runs) and (line := row(run)):
+            print(line)
+
+
+if __name__ == "__main__":
+    main()
