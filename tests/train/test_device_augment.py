@@ -62,3 +62,16 @@ def test_device_augmentation_with_semi_and_same_seed_same_weights(tmp_path, phan
     wa = torch.load(a / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     wb = torch.load(b / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_channels_last_option(tmp_path, phantom_cache, one_thread):
+    cache, split = phantom_cache
+    cfg = load_config(TrainConfig, "train", "tiny", {"channels_last": True, "schedule.epochs": 1,
+                                                     "schedule.iters_per_epoch": 2})
+    module = SegmentationModule(cfg, total_steps=1)
+    conv = next(m for m in module.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    batch = module.on_after_batch_transfer({"image": torch.randn(2, 1, 64, 64)}, 0)
+    assert batch["image"].is_contiguous(memory_format=torch.channels_last)
+    run = train_segmentation(cfg, cache, split, tmp_path / "run", progress=False)
+    assert json.loads((run / "done.json").read_text())["steps"] == 2

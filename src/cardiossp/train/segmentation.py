@@ -48,6 +48,8 @@ class SegmentationModule(L.LightningModule):
         self.save_hyperparameters({"cfg": cfg_dict, "total_steps": total_steps, "lr": lr})
         self.cfg = from_dict(TrainConfig, cfg_dict, "train") if isinstance(cfg, dict) else cfg
         self.model = build_segmentation_model(self.cfg)
+        if self.cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         # data.task: internal labels -> the task's classes (``lv``: MYO, RV -> background), applied to every batch
         self.num_classes = task_num_classes(self.cfg.data.task)
         self.class_names = task_class_names(self.cfg.data.task)
@@ -123,6 +125,8 @@ class SegmentationModule(L.LightningModule):
             scales = deep_supervision_scales(self.model) if self.cfg.model.deep_supervision else None
             batch["image"], batch["segmentation"] = apply_batch(batch.pop("aug_params"), batch["image"],
                                                                 batch["segmentation"], self._patch(), scales)
+        if isinstance(batch, dict) and self.cfg.channels_last and isinstance(batch.get("image"), Tensor):
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         seg = batch.get("segmentation") if isinstance(batch, dict) else None
         if seg is not None and self.cfg.data.task != "cardiac":
             lut = self.task_lut.to(seg[0].device if isinstance(seg, (list, tuple)) else seg.device)
