@@ -208,6 +208,26 @@ def _as_tensor(x) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
+def checked_sample(sample: Any) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
+    """(the sample without None entries, image (C, H, W) tensor, segmentation (1, H, W) integer tensor or
+    None), both views of the input; a malformed sample is a DataError naming its ``path``."""
+    where = sample.get("path") if isinstance(sample, dict) else None
+    if not isinstance(sample, dict) or sample.get("image") is None:
+        raise DataError(where, "augmentation needs a dict with an 'image' entry")
+    image = _as_tensor(sample["image"])
+    if image.ndim != 3 or image.is_complex():
+        raise DataError(where, f"image must be a real (C, H, W) array, got {image.dtype} {tuple(image.shape)}")
+    seg = sample.get("segmentation")
+    if seg is not None:
+        seg = _as_tensor(seg)
+        if seg.is_floating_point() or seg.is_complex() or seg.dtype == torch.bool:
+            raise DataError(where, f"segmentation must hold integer labels, got dtype {seg.dtype}")
+        if seg.ndim != 3 or seg.shape[1:] != image.shape[1:]:
+            raise DataError(where, f"segmentation shape {tuple(seg.shape)} does not match image "
+                                   f"{tuple(image.shape)}; expected (1, H, W)")
+    return {k: v for k, v in sample.items() if v is not None}, image, seg
+
+
 class Augmenter:
     """Callable ``sample dict -> augmented sample dict`` around a batchgeneratorsv2 pipeline."""
 
@@ -224,22 +244,9 @@ class Augmenter:
         return f"Augmenter(preset={self.preset!r}, patch_size={self.patch_size}, ds={self.deep_supervision_scales})"
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        where = sample.get("path") if isinstance(sample, dict) else None
-        if not isinstance(sample, dict) or sample.get("image") is None:
-            raise DataError(where, "augmentation needs a dict with an 'image' entry")
-        image = _as_tensor(sample["image"])
-        if image.ndim != 3 or image.is_complex():
-            raise DataError(where, f"image must be a real (C, H, W) array, got {image.dtype} {tuple(image.shape)}")
-        out = {k: v for k, v in sample.items() if v is not None}
+        out, image, seg = checked_sample(sample)
         out["image"] = image.to(torch.float32, copy=True)  # the pipeline works in place
-        seg = sample.get("segmentation")
         if seg is not None:
-            seg = _as_tensor(seg)
-            if seg.is_floating_point() or seg.is_complex() or seg.dtype == torch.bool:
-                raise DataError(where, f"segmentation must hold integer labels, got dtype {seg.dtype}")
-            if seg.ndim != 3 or seg.shape[1:] != image.shape[1:]:
-                raise DataError(where, f"segmentation shape {tuple(seg.shape)} does not match image "
-                                       f"{tuple(image.shape)}; expected (1, H, W)")
             out["segmentation"] = seg.to(torch.int16, copy=True)
         res = self.transform(**out)
         if res.get("segmentation") is not None:

@@ -72,7 +72,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
-from .augment import PAPER_TRANSLATION_FRACTION, _as_tensor, _check_patch, _check_scales
+from .augment import PAPER_TRANSLATION_FRACTION, _check_patch, _check_scales, checked_sample
 
 PRESETS = ("paper", "none")  # presets draw_params supports; "nnunet" raises ConfigError
 PARAM_NAMES = (
@@ -154,22 +154,9 @@ class SeededParams:
         return f"SeededParams(preset={self.preset!r}, patch_size={self.patch_size})"
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        where = sample.get("path") if isinstance(sample, dict) else None
-        if not isinstance(sample, dict) or sample.get("image") is None:
-            raise DataError(where, "augmentation needs a dict with an 'image' entry")
-        image = _as_tensor(sample["image"])
-        if image.ndim != 3 or image.is_complex():
-            raise DataError(where, f"image must be a real (1, H, W) array, got {image.dtype} {tuple(image.shape)}")
-        out = {k: v for k, v in sample.items() if v is not None}
+        out, image, seg = checked_sample(sample)
         out["image"] = image.to(torch.float32)
-        seg = sample.get("segmentation")
         if seg is not None:
-            seg = _as_tensor(seg)
-            if seg.is_floating_point() or seg.is_complex() or seg.dtype == torch.bool:
-                raise DataError(where, f"segmentation must hold integer labels, got dtype {seg.dtype}")
-            if seg.shape != image.shape:
-                raise DataError(where, f"segmentation shape {tuple(seg.shape)} does not match image "
-                                       f"{tuple(image.shape)}")
             out["segmentation"] = seg.to(torch.int64)
         seed = sample.get("aug_seed")
         seed = int(seed) if seed is not None else int(np.random.randint(2**31))
