@@ -23,11 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from scipy import ndimage
 from torch import nn
 
 from .config import TrainConfig, from_dict
-from .data.labels import NUM_CLASSES, task_num_classes
+from .data.labels import NUM_CLASSES, keep_largest_component, task_num_classes
 from .data.preprocess import Geometry, _resize, _uncrop, image_to_slices, make_geometry, probs_to_native, zscore
 from .errors import CheckpointError, ConfigError, DataError
 from .models.weights import fit_state_dict
@@ -124,18 +123,6 @@ def load_checkpoint(path: str | Path) -> tuple[TrainConfig, dict[str, torch.Tens
 
 
 # ---------------------------------------------------------------- post-processing
-def keep_largest_component(labels: np.ndarray, classes=(1, 2, 3)) -> np.ndarray:
-    """Keep, per class, the largest face-connected 3D component of (X, Y, Z) labels; the rest -> 0.
-
-    nnU-Net's "remove all but the largest component" post-processing (Isensee et al. 2021).
-    """
-    out = np.array(labels, copy=True)
-    for c in classes:
-        comp, n = ndimage.label(labels == c)
-        if n > 1:
-            keep = 1 + int(np.bincount(comp.ravel())[1:].argmax())
-            out[(comp > 0) & (comp != keep)] = 0
-    return out
 
 
 # ---------------------------------------------------------------- the segmenter

@@ -98,3 +98,20 @@ def task_to_internal(labels: np.ndarray, task: str) -> np.ndarray:
     """Task labels (a task network's arg-max) -> internal labels."""
     inverse = np.array((BACKGROUND, *task_classes(task)), dtype=np.uint8)
     return inverse[np.asarray(labels, dtype=np.int64)]
+
+
+def keep_largest_component(labels, classes=(1, 2, 3)):
+    """Keep, per class, the largest face-connected component of a label map (2D or 3D, NumPy or
+    torch); the rest of that class becomes background. nnU-Net's "remove all but the largest
+    component" post-processing (Isensee et al. 2021); BCP's pseudo-label clean-up (Bai et al. 2023).
+    The components come from MONAI's ``get_largest_connected_component_mask``."""
+    from monai.transforms.utils import get_largest_connected_component_mask
+
+    out = labels.clone() if hasattr(labels, "clone") else np.array(labels, copy=True)
+    for c in classes:
+        mask = labels == c
+        if mask.any():
+            keep = get_largest_connected_component_mask(mask, connectivity=1)
+            out[mask & ~(keep.bool() if hasattr(keep, "bool") else keep.astype(bool))] = 0
+    return out
+

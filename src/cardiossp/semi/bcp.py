@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.transforms.utils import get_largest_connected_component_mask
 from torch import Tensor, nn
 
+from ..data.labels import keep_largest_component
 from ..train.losses import deep_supervision_weights
 from .base import SEMI_METHODS, EMATeacher, SemiMethod, Step, Supervised
 from .losses import masked_ce, masked_dice_loss
@@ -30,14 +30,8 @@ from .perturb import copy_paste_mask, mix
 
 def largest_component_per_class(labels: Tensor, num_classes: int) -> Tensor:
     """(B, H, W) label maps with each foreground class cut to its largest connected component."""
-    out = torch.zeros_like(labels)
-    for b in range(labels.shape[0]):
-        for c in range(1, num_classes):
-            m = labels[b] == c
-            if bool(m.any()):
-                keep = get_largest_connected_component_mask(m.cpu(), connectivity=1).to(labels.device)
-                out[b][keep.bool()] = c
-    return out
+    classes = tuple(range(1, num_classes))
+    return torch.stack([keep_largest_component(lab.cpu(), classes).to(labels.device) for lab in labels])
 
 
 def mix_loss(logits: Tensor, image_target: Tensor, patch_target: Tensor, mask: Tensor, image_weight: float,
