@@ -10,12 +10,10 @@ after one warm-up step. Random inputs; the network, loss and optimiser are the p
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
-from cardiossp.models import build_model
-from cardiossp.train.losses import DeepSupervisionLoss, DiceCELoss
+from cardiossp.throughput import bare_step_rate
 
 CONFIGS = [  # (label, n_stages, base_features, max_features, size, batch, channels_last)
     ("paper net 7 stages 32..512, 256^2", 7, 32, 512, 256, 8, False),
@@ -26,20 +24,8 @@ QUICK = [("tiny 4 stages 8..32, 64^2", 4, 8, 32, 64, 4, False)]
 
 
 def seconds_per_slice(n_stages, base, top, size, batch, channels_last, steps=4) -> float:
-    net = build_model("unet", n_stages=n_stages, base_features=base, max_features=top)
-    x = torch.randn(batch, 1, size, size)
-    y = torch.randint(0, 4, (batch, 1, size, size))
-    if channels_last:
-        net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    loss = DeepSupervisionLoss(DiceCELoss(), n_stages - 1)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.99, nesterov=True)
-    for i in range(steps + 1):
-        if i == 1:
-            t0 = time.perf_counter()
-        opt.zero_grad()
-        loss(net(x), y).backward()
-        opt.step()
-    return (time.perf_counter() - t0) / steps / batch
+    return 1.0 / bare_step_rate(n_stages, base, top, size, batch, bf16=False, steps=steps,
+                                channels_last=channels_last)
 
 
 def main() -> None:

@@ -49,11 +49,14 @@ def _autocast(bf16: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def bare_step_rate(n_stages: int, base: int, top: int, size: int, batch: int, bf16: bool, steps: int) -> float:
+def bare_step_rate(n_stages: int, base: int, top: int, size: int, batch: int, bf16: bool, steps: int,
+                   channels_last: bool = False) -> float:
     """Slices/s of forward + backward + SGD step of the bare PlainConvUNet (one warm-up step)."""
     torch.manual_seed(0)
     net = build_model("unet", n_stages=n_stages, base_features=base, max_features=top)
     x, y = torch.randn(batch, 1, size, size), torch.randint(0, 4, (batch, 1, size, size))
+    if channels_last:
+        net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     loss = DeepSupervisionLoss(DiceCELoss(), n_stages - 1)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.99, nesterov=True)
     for i in range(steps + 1):

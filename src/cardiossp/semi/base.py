@@ -73,6 +73,13 @@ def full_resolution(outputs) -> Tensor:
     return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
 
 
+def rows(outputs, index: slice):
+    """The rows ``index`` of a model's output (every deep-supervision scale)."""
+    if isinstance(outputs, (list, tuple)):
+        return [o[index] for o in outputs]
+    return outputs[index]
+
+
 class EMATeacher(nn.Module):
     """An exponential-moving-average copy of the student (Tarvainen & Valpola 2017).
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import SEMI_METHODS, EMATeacher, SemiMethod, Step, Supervised, full_resolution, sigmoid_rampup
+from .base import SEMI_METHODS, EMATeacher, SemiMethod, Step, Supervised, full_resolution, rows, sigmoid_rampup
 from .losses import softmax_mse
 
 
@@ -29,7 +29,7 @@ class MeanTeacher(SemiMethod):
         x, u = labeled["image"], unlabeled["image"]
         nl = x.shape[0]
         outputs = model(torch.cat([x, u]))
-        sup = supervised(_head(outputs, slice(0, nl)), labeled["segmentation"])
+        sup = supervised(rows(outputs, slice(0, nl)), labeled["segmentation"])
         c = self.cfg
         noise = (torch.randn(u.shape, generator=step.generator, device=u.device) * c["noise_std"]).clamp(
             -c["noise_clip"], c["noise_clip"])
@@ -42,9 +42,3 @@ class MeanTeacher(SemiMethod):
     def on_train_batch_end(self, model: nn.Module, global_step: int) -> None:
         self.teacher.update(model, self.cfg["ema_momentum"], global_step)
 
-
-def _head(outputs, rows: slice):
-    """The rows ``rows`` of every deep-supervision output."""
-    if isinstance(outputs, (list, tuple)):
-        return [o[rows] for o in outputs]
-    return outputs[rows]

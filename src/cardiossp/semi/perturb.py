@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from ..data.batch_augment import _blur
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> Tensor:
@@ -27,19 +28,9 @@ def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> Tensor
 
 
 def gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
-    """Per-sample isotropic Gaussian blur of (B, 1, H, W) with standard deviations ``sigma`` (B,)."""
-    radius = int(math.ceil(3 * float(sigma.max())))
-    if radius < 1:
-        return x
-    t = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
-    k = torch.exp(-(t[None] ** 2) / (2 * sigma.float()[:, None] ** 2))
-    k = k / k.sum(1, keepdim=True)  # (B, K)
-    b = x.shape[0]
-    xf = x.float().reshape(1, b, *x.shape[2:])
-    xf = F.pad(xf, (radius, radius, radius, radius), mode="reflect")
-    xf = F.conv2d(xf, k[:, None, None, :], groups=b)
-    xf = F.conv2d(xf, k[:, None, :, None], groups=b)
-    return xf.reshape(x.shape).to(x.dtype)
+    """Per-sample isotropic Gaussian blur of (B, 1, H, W) with standard deviations ``sigma`` (B,): the
+    device augmentation's separable blur (batchgeneratorsv2's kernel, reflect padding)."""
+    return _blur(x.float(), [(s, s) for s in sigma.tolist()]).to(x.dtype)
 
 
 def strong_intensity(x: Tensor, g: torch.Generator, p_jitter: float = 0.8, strength: float = 0.5,

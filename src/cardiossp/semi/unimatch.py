@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import decode_features, encoder_features
-from .base import SEMI_METHODS, SemiMethod, Step, Supervised, full_resolution
+from .base import SEMI_METHODS, SemiMethod, Step, Supervised, full_resolution, rows
 from .losses import confident_pseudo_labels, masked_dice_loss
 from .perturb import cutmix_boxes, mix, strong_intensity
 
@@ -41,8 +41,7 @@ class UniMatch(SemiMethod):
         outputs = decode_features(model, feats, x.shape[-2:])
         dropped = [F.dropout2d(f[nl:], p=c["fp_dropout"], training=True) for f in feats]
         logits_fp = full_resolution(decode_features(model, dropped, x.shape[-2:]))
-        sup = supervised([o[:nl] for o in outputs] if isinstance(outputs, (list, tuple)) else outputs[:nl],
-                         labeled["segmentation"])
+        sup = supervised(rows(outputs, slice(0, nl)), labeled["segmentation"])
         logits_w = full_resolution(outputs)[nl:].detach()
         labels, conf, _ = confident_pseudo_labels(logits_w, c["threshold"])
         # strong views, CutMix with the rolled batch
