@@ -75,6 +75,7 @@ class FinetuneConfig:
     warmup_frozen_epochs: int = 0
     lr: float = 0.005  # paper: fine-tuning lr
     pretext_weight: float = 1.0  # multitask: loss = segmentation + pretext_weight * position pretext loss
+    allow_partial: bool = False  # accept an init whose weights fill under half of the model's tensors
 
 
 @dataclass
