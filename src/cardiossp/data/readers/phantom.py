@@ -105,10 +105,12 @@ def make_phantom_subject(
     labeled: bool = True,
     vendor: str | None = None,
     pathology: str | None = None,
+    every_frame: bool = False,
 ) -> Subject:
     """One synthetic subject: image (size, size, n_slices, n_frames) float32, labels {ed: .., es: ..} (uint8).
 
-    Deterministic in (seed, index). ``vendor`` defaults to "ABCD"[index % 4], ``pathology``
+    ``every_frame``: label maps for every frame of the cycle, not only ED and ES (ground truth for
+    full-cycle analysis). Deterministic in (seed, index). ``vendor`` defaults to "ABCD"[index % 4], ``pathology``
     to ("NOR", "DCM", "HCM")[index % 3]. ``extra`` holds the drawing parameters
     (e.g. ``ef_target``, ``rv_angle``).
     """
@@ -215,7 +217,8 @@ def make_phantom_subject(
     else:
         image = np.clip(img, 0.0, None, out=img)
 
-    labels = {0: label[..., 0].copy(), es: label[..., es].copy()} if labeled else {}
+    frames = range(n_frames) if every_frame else (0, es)
+    labels = {t: label[..., t].copy() for t in frames} if labeled else {}
     return Subject(
         subject_id=subject_name(index), dataset="phantom", image=image, spacing=(sx, sy, sz),
         affine=_affine(rng, (size, size, n_slices), (sx, sy, sz)), labels=labels, ed_frame=0, es_frame=es,
