@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import lightning  # noqa: F401  (imported before any CliRunner swaps stderr: Lightning binds its log handler to it)
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -1,5 +1,6 @@
-"""``python -m cardiossp`` runs the command-line interface."""
+"""``python -m cardiossp`` runs the command-line interface (errors: one line, see ``cli.common.CliGroup``)."""
 
 from .cli import app
 
-app()
+if __name__ == "__main__":
+    app(prog_name="cardiossp")

@@ -29,7 +29,7 @@ from .config import TrainConfig, from_dict
 from .data.labels import NUM_CLASSES, keep_largest_component, task_num_classes
 from .data.preprocess import Geometry, _resize, _uncrop, image_to_slices, make_geometry, probs_to_native, zscore
 from .errors import CheckpointError, ConfigError, DataError
-from .models.weights import fit_state_dict
+from .models.weights import fit_state_dict, load_torch_file
 
 DEFAULT_SPACING, DEFAULT_SIZE = 1.25, 256
 
@@ -39,6 +39,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """A ``.ckpt`` file, or a run folder -> its ``checkpoints/best.ckpt`` (else ``last.ckpt``)."""
     p = Path(path)
     if p.is_dir():
+        if run_kind(p) == "pretraining":
+            raise CheckpointError(f"{p}: {_PRETRAINING_NOT_SEGMENTATION.format(what='a pretraining run', src=p)}")
         for name in ("best.ckpt", "last.ckpt"):
             if (p / "checkpoints" / name).is_file():
                 return p / "checkpoints" / name
@@ -46,6 +48,43 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not p.is_file():
         raise CheckpointError(f"{p}: checkpoint not found")
     return p
+
+
+_PRETRAINING_NOT_SEGMENTATION = ("{what}, not a segmentation model (no trained segmentation head): fine-tune it "
+                                 "first (cardiossp train --init {src} ...) and give that training run")
+
+
+def run_kind(folder: str | Path) -> str | None:
+    """``"pretraining"`` or ``"segmentation"`` for a run folder (its ``config.yaml``, else its files), None
+    when it is neither."""
+    folder = Path(folder)
+    try:
+        doc = yaml.safe_load((folder / "config.yaml").read_text())
+        cfg = doc.get("config") if isinstance(doc, dict) else None
+    except (OSError, yaml.YAMLError):
+        cfg = None
+    if isinstance(cfg, dict) and "method" in cfg:
+        return "pretraining"
+    if isinstance(cfg, dict) and "finetune" in cfg:
+        return "segmentation"
+    return "pretraining" if (folder / "pretrained.pt").is_file() else None
+
+
+def checkpoint_kind(obj) -> tuple[str | None, str | None]:
+    """(kind, SSP method) of a loaded torch record: ``("pretrained", m)`` for a ``pretrained.pt``,
+    ``("pretraining", m)`` for a pretraining run's Lightning checkpoint, ``("segmentation", None)`` for a
+    training run's, ``(None, None)`` otherwise."""
+    if not isinstance(obj, dict):
+        return None, None
+    if obj.get("format") == "cardiossp-pretrained-1":
+        return "pretrained", obj.get("method")
+    hp = obj.get("hyper_parameters")
+    cfg = hp.get("cfg") if isinstance(hp, dict) else None
+    if isinstance(cfg, dict) and "method" in cfg:
+        return "pretraining", cfg.get("method")
+    if isinstance(cfg, dict) and "finetune" in cfg:
+        return "segmentation", None
+    return None, None
 
 
 def run_folder(path: str | Path) -> Path | None:
@@ -88,16 +127,18 @@ def _build(cfg: TrainConfig) -> nn.Module:
 
 def _load(path: str | Path) -> tuple[TrainConfig, dict[str, torch.Tensor], nn.Module, Path]:
     ckpt = resolve_checkpoint(path)
-    try:
-        obj = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure to unpickle means: unreadable or unsafe file
-        raise CheckpointError(f"{ckpt}: cannot read checkpoint (truncated, not a torch file, or not loadable "
-                              f"with weights_only=True): {type(e).__name__}: {e}") from None
+    obj = load_torch_file(ckpt, "checkpoint")
+    kind, method = checkpoint_kind(obj)
+    if kind in ("pretrained", "pretraining"):
+        what = (f"pretrained weights of a {method} pretraining run" if kind == "pretrained"
+                else f"a checkpoint of a {method} pretraining run")
+        src = ckpt if kind == "pretrained" else (run_folder(ckpt) or ckpt)
+        raise CheckpointError(f"{ckpt}: {_PRETRAINING_NOT_SEGMENTATION.format(what=what, src=src)}")
     hp = obj.get("hyper_parameters") if isinstance(obj, dict) else None
     state = obj.get("state_dict") if isinstance(obj, dict) else None
     if not isinstance(hp, dict) or not isinstance(hp.get("cfg"), dict) or not isinstance(state, dict):
         raise CheckpointError(f"{ckpt}: not a cardiossp segmentation checkpoint (needs hyper_parameters.cfg "
-                              f"and state_dict; pretraining checkpoints must be fine-tuned first)")
+                              f"and state_dict)")
     try:
         cfg = from_dict(TrainConfig, hp["cfg"], f"{ckpt}:cfg")
         model = _build(cfg)
@@ -112,7 +153,7 @@ def _load(path: str | Path) -> tuple[TrainConfig, dict[str, torch.Tensor], nn.Mo
 
 
 def load_checkpoint(path: str | Path) -> tuple[TrainConfig, dict[str, torch.Tensor]]:
-    """Load a segmentation checkpoint with ``torch.load(weights_only=True)``.
+    """Load a segmentation checkpoint with ``torch.load(weights_only=True)`` (``models.weights.load_torch_file``).
 
     ``path``: a ``.ckpt`` file or a run folder (``checkpoints/best.ckpt``, else ``last.ckpt``).
     Returns the TrainConfig and the network's state dict (keys of PlainConvUNet, ``model.``

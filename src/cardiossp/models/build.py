@@ -21,7 +21,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch import Tensor, nn
 
@@ -29,7 +28,7 @@ from ..errors import CheckpointError, ConfigError
 from . import unet
 from .registry import MODELS, unwrap
 from .resnet_encoder import adapt_input_conv
-from .weights import fit_state_dict
+from .weights import fit_state_dict, load_torch_file
 
 log = logging.getLogger("cardiossp")
 NOT_FACTORY_FIELDS = ("name", "deep_supervision", "encoder_weights", "options")
@@ -67,16 +66,12 @@ def build_from_config(model_cfg: Any, num_classes: int, deep_supervision: bool |
 
 
 def read_weights(path: str | Path) -> dict[str, Tensor]:
-    """A state dict from ``path`` (``torch.load(weights_only=True)``; ``{"state_dict": ...}`` unwrapped,
-    DDP's ``module.`` prefix dropped)."""
+    """A state dict from ``path`` (``weights.load_torch_file``: ``weights_only=True``, its ``.sha256``
+    checked when there is one; ``{"state_dict": ...}`` unwrapped, DDP's ``module.`` prefix dropped)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: encoder weights file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise CheckpointError(f"{path}: cannot read encoder weights (not a torch file, or not loadable with "
-                              f"weights_only=True): {type(e).__name__}: {e}") from None  # fmt: skip
+    obj = load_torch_file(path, "encoder weights")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):

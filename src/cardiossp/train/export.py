@@ -6,6 +6,9 @@ From a segmentation run we export the trained network; from a pretraining run th
 pretrained tensors, completed by a fresh nnU-Net initialisation of the parts the method
 does not pretrain (e.g. the decoder of an encoder-only method), since nnU-Net's loader
 requires every non-segmentation key.
+
+Next to the file goes its SHA-256 in ``<out>.sha256`` (``sha256sum`` format: ``sha256sum -c out.pth.sha256``
+in its folder checks it; cardiossp checks it whenever it reads the file, ``models.weights``).
 """
 
 from __future__ import annotations
@@ -14,12 +17,11 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import save_torch
 from ..config import ModelConfig, TrainConfig, from_dict
 from ..data.labels import NUM_CLASSES
 from ..errors import CheckpointError, ConfigError
 from ..models import build_from_config
-from ..models.weights import fit_state_dict
+from ..models.weights import fit_state_dict, save_weights
 
 
 def _require_unet(m: ModelConfig, run: Path) -> None:
@@ -57,9 +59,10 @@ def exportable_state(run: str | Path) -> dict[str, torch.Tensor]:
 
 
 def export_nnunet(run: str | Path, out: str | Path) -> int:
-    """Write ``{"network_weights": ...}`` to ``out`` (atomically); returns the number of tensors."""
+    """Write ``{"network_weights": ...}`` to ``out`` (atomically) and ``<out>.sha256``; returns the number
+    of tensors."""
     state = {k: v.detach().cpu().clone() for k, v in exportable_state(run).items() if ".seg_layers." not in k}
     if not state:
         raise CheckpointError(f"{run}: nothing to export")
-    save_torch({"network_weights": state, "exported_by": "cardiossp", "source": str(run)}, out)
+    save_weights({"network_weights": state, "exported_by": "cardiossp", "source": str(run)}, out)
     return len(state)

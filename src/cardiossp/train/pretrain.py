@@ -9,7 +9,8 @@ warm-up then cosine decay per step (de Mooij et al. 2024, Appendix A), ``schedul
 world size (``engine.steps_per_epoch``), so the schedule spans the run on any number of
 processes and nodes. At the end the run writes
 ``RUN/pretrained.pt``: the method's transferable state in the segmentation model's key
-namespace, with the model config and method name (loaded with ``weights_only=True``).
+namespace, with the model config and method name (loaded with ``weights_only=True``), and its
+SHA-256 in ``RUN/pretrained.pt.sha256`` (checked by every load, ``models.weights``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from ..atomic import save_torch
 from ..config import PretrainConfig, from_dict, to_dict
 from ..data.batch_augment import apply_batch, device_augmentation
 from ..data.datasets import UnlabeledSlices
@@ -27,6 +27,7 @@ from ..data.labels import NUM_CLASSES
 from ..data.slices import SliceCache
 from ..data.splits import load_split, pretraining_subjects
 from ..models import build_from_config
+from ..models.weights import save_weights
 from ..ssp import SSP_METHODS, build_method, schedules
 from .run import RunSkeleton, seeded_loader
 
@@ -147,6 +148,6 @@ def pretrain(cfg: PretrainConfig, cache: str | Path, out: str | Path, split: str
                     pretrain_subjects=len(subjects), pretrain_slices=len(dataset))
     run.fit(module, seeded_loader(dataset, batch, d.num_workers, sampler))
     if run.finished:
-        save_torch(module.pretrained_record(), run.out / "pretrained.pt")
+        save_weights(module.pretrained_record(), run.out / "pretrained.pt")  # + pretrained.pt.sha256
         run.write_done(slices_per_second=run.trainer.global_step * d.batch_size / max(run.seconds, 1e-9))
     return run.out

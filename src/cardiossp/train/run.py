@@ -15,6 +15,12 @@ A run function reads as::
 Global-batch policy (as nnU-Net's DDP): ``data.batch_size`` is the global batch; each of the
 trainer's ``world_size`` processes takes ``batch_size / world_size`` slices a step, so the number of
 steps, the schedules and the learning rate are those of the 1-process run (``engine.rank_batch``).
+
+Resume is safe: ``checkpoints/last.ckpt`` is read with ``weights_only=True`` passed explicitly (by us
+and by Lightning's ``trainer.fit(weights_only=True)``), so ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` cannot
+make it unpickle arbitrary objects; before training starts it is opened once (memory-mapped, no
+tensor data read) to check it is a readable checkpoint of this kind of run whose tensors fit the
+model, else one CheckpointError naming the file.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from torch.utils.data import DataLoader
 
 from ..atomic import write_json
 from ..config import save_run_config
+from ..errors import CheckpointError
+from ..models.weights import load_torch_file
 from .engine import build_trainer, kept_metrics, rank_batch, resume_point, steps_per_epoch
 from .sampling import SeededItems, SeededSampler, worker_threads
 
@@ -68,6 +76,39 @@ class ElapsedTime(Callback):
             write_json(self.path, {"seconds": self.seconds, "epoch": trainer.current_epoch + 1})
 
 
+def check_resume_point(ckpt: str | Path, cfg) -> dict[str, torch.Size]:
+    """Open the resume checkpoint with ``weights_only=True`` (memory-mapped) and check it is a Lightning
+    checkpoint of the same kind of run as ``cfg`` (pretraining or segmentation); returns the shapes of
+    its ``state_dict`` (compared with the module in ``RunSkeleton.fit``)."""
+    from ..config import PretrainConfig
+    from ..inference import checkpoint_kind
+
+    obj = load_torch_file(ckpt, "resume checkpoint", mmap=True)
+    state = obj.get("state_dict") if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not isinstance(obj.get("loops"), dict):
+        raise CheckpointError(f"{ckpt}: not a Lightning checkpoint of a cardiossp run (no state_dict / loops); "
+                              "remove it to start the run afresh")
+    kind, _ = checkpoint_kind(obj)
+    want = "pretraining" if isinstance(cfg, PretrainConfig) else "segmentation"
+    if kind is not None and kind != want:
+        raise CheckpointError(f"{ckpt}: a checkpoint of a {kind} run; this {want} run cannot resume from it")
+    return {k: torch.Size(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def check_resume_fits(ckpt: str | Path, shapes: dict[str, torch.Size], module: L.LightningModule) -> None:
+    """Every tensor of ``module`` must be in the checkpoint with its shape (Lightning restores strictly;
+    keys only the checkpoint has may belong to modules built later, in ``setup``)."""
+    own = module.state_dict()
+    lacking = [k for k in own if k not in shapes]
+    other = [f"{k}: checkpoint {tuple(shapes[k])} vs model {tuple(v.shape)}"
+             for k, v in own.items() if k in shapes and shapes[k] != v.shape]
+    if lacking or other:
+        parts = [f"{len(items)} {what} ({', '.join(items[:4])}{' ...' if len(items) > 4 else ''})"
+                 for what, items in (("keys missing", lacking), ("shape mismatches", other)) if items]
+        raise CheckpointError(f"{ckpt}: does not fit this run's model (was the run's config changed?): "
+                              f"{'; '.join(parts)}")
+
+
 class RunSkeleton:
     """One run folder's life; ``cfg`` is a TrainConfig or PretrainConfig (same common fields)."""
 
@@ -78,6 +119,7 @@ class RunSkeleton:
         self.resume = resume
         self.ckpt_path = resume_point(self.out, resume, finished_marker)
         self.cfg = cfg
+        self._resume_shapes = check_resume_point(self.ckpt_path, cfg) if self.ckpt_path else None
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         self.elapsed = ElapsedTime(self.out, resume)
         s = cfg.schedule
@@ -120,8 +162,10 @@ class RunSkeleton:
             save_run_config(self.cfg, self.out, world_size=self.world_size, **facts)
 
     def fit(self, module: L.LightningModule, train_loader, val_loader=None) -> None:
+        if self._resume_shapes is not None:
+            check_resume_fits(self.ckpt_path, self._resume_shapes, module)
         with kept_metrics(self.out, self.resume, enabled=self.is_global_zero):
-            self.trainer.fit(module, train_loader, val_loader, ckpt_path=self.ckpt_path)
+            self.trainer.fit(module, train_loader, val_loader, ckpt_path=self.ckpt_path, weights_only=True)
         self.seconds = self.elapsed.seconds  # every session of the run, resumes included
 
     @property

@@ -10,7 +10,8 @@ init method is a ConfigError, since only the position pretext has a loss on sing
 slices). The head is part of the training module only: checkpoints keep it as ``pretext.*``
 next to ``model.*``, and inference loads ``model.*`` alone.
 Loading is loud: it reports transferred, missing, unexpected and
-shape-mismatched keys, and fails when nothing transfers.
+shape-mismatched keys, and fails when nothing transfers or when what transfers fills under half
+of the model's tensors (unless ``finetune.allow_partial``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from torch import nn
 from ..config import FinetuneConfig
 from ..errors import CheckpointError, ConfigError
 from ..models import group_parameters
-from ..models.weights import fit_state_dict
+from ..models.weights import fit_state_dict, load_torch_file, warn_unrecorded
 
 log = logging.getLogger("cardiossp")
 STRATEGIES = ("all", "frozen-encoder", "warmup-frozen", "multitask")
@@ -40,31 +41,64 @@ def multitask_methods() -> list[str]:
     return [name for name in SSP_METHODS.names() if SSP_METHODS.get(name).multitask]
 
 
+INIT_EXPECTS = "--init expects a pretraining run folder (cardiossp pretrain) or its pretrained.pt"
+
+
 def load_pretrained(path: str | Path) -> dict:
-    """Read ``pretrained.pt`` (a pretraining run folder or the file itself), weights only."""
+    """Read ``pretrained.pt`` (a pretraining run folder or the file itself), weights only, its
+    ``pretrained.pt.sha256`` checked (``models.weights.load_torch_file``; a file without one loads with
+    a warning). Anything else (a segmentation run, an unfinished pretraining run, a Lightning
+    checkpoint, an unreadable file) is a CheckpointError saying what it is."""
+    from ..inference import checkpoint_kind, run_kind
+
     path = Path(path)
     if path.is_dir():
+        kind = run_kind(path)
+        if not (path / "pretrained.pt").is_file():
+            if kind == "segmentation":
+                raise CheckpointError(f"{path}: a segmentation (training) run, not a pretraining run: {INIT_EXPECTS}")
+            if kind == "pretraining":
+                raise CheckpointError(f"{path}: no pretrained.pt: the pretraining run has not finished (continue it "
+                                      "with cardiossp pretrain ... --resume)")
+            raise CheckpointError(f"{path}: no pretrained weights (no pretrained.pt): {INIT_EXPECTS}")
         path = path / "pretrained.pt"
     if not path.is_file():
-        raise CheckpointError(f"{path}: no pretrained weights (did the pretraining run finish?)")
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise CheckpointError(f"{path}: cannot read pretrained weights: {e}") from None
-    if not isinstance(record, dict) or record.get("format") != "cardiossp-pretrained-1":
-        raise CheckpointError(f"{path}: not a cardiossp pretrained-weights file")
+        raise CheckpointError(f"{path}: no pretrained weights (file not found): {INIT_EXPECTS}")
+    record = load_torch_file(path, "pretrained weights")
+    kind, _ = checkpoint_kind(record)
+    if kind == "segmentation":
+        raise CheckpointError(f"{path}: a segmentation checkpoint, not pretrained weights: {INIT_EXPECTS}")
+    if kind == "pretraining":
+        raise CheckpointError(f"{path}: a pretraining run's Lightning checkpoint, not its pretrained weights: "
+                              f"{INIT_EXPECTS} (written when the run finishes)")
+    if kind != "pretrained":
+        raise CheckpointError(f"{path}: not a cardiossp pretrained-weights file: {INIT_EXPECTS}")
+    warn_unrecorded(path)
     record["path"] = str(path)
     return record
 
 
-def transfer_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str = "") -> dict:
-    """Copy every key of ``state`` whose name and shape fit ``model``; return a report."""
+def transfer_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str = "",
+                     allow_partial: bool = False) -> dict:
+    """Copy every key of ``state`` whose name and shape fit ``model``; return a report.
+
+    Refused (CheckpointError, model untouched) when nothing fits, or when what fits is under half of
+    the model's tensors (another width or depth: most of the network would stay at its
+    initialisation) unless ``allow_partial``. An encoder-only pretraining of the same architecture
+    fills well over half (e.g. 128 of the tiny U-Net's 188 tensors)."""
     fit = fit_state_dict(model, state, source)
     fits, mismatched, unexpected = fit.fits, sorted(fit.mismatched), sorted(fit.unexpected)
+    total = len(model.state_dict())
     if not fits:
         raise CheckpointError(
             f"{source}: no tensor of the pretrained weights fits this model "
             f"({len(mismatched)} shape mismatches, {len(unexpected)} unknown keys) - same architecture and width?")
+    if 2 * len(fits) < total and not allow_partial:
+        raise CheckpointError(
+            f"{source}: only {len(fits)} of the model's {total} tensors fit these pretrained weights "
+            f"({len(mismatched)} shape mismatches, {len(unexpected)} unknown keys, {len(fit.missing)} not in the "
+            f"file), so most of the network would stay at its initialisation - same architecture and width as the "
+            f"pretraining run? To fine-tune from them anyway: --set finetune.allow_partial=true")
     model.load_state_dict(fits, strict=False)
     report = {"transferred": len(fits), "mismatched": mismatched, "unexpected": unexpected,
               "not_pretrained": sorted([*fit.missing, *fit.mismatched])}
@@ -82,7 +116,7 @@ def apply_finetune_init(module, ft: FinetuneConfig) -> dict:
     if ft.strategy not in STRATEGIES:
         raise ConfigError(f"unknown fine-tuning strategy {ft.strategy!r}; choose {', '.join(STRATEGIES)}")
     record = load_pretrained(ft.init)
-    return transfer_weights(module.model, record["state_dict"], record["path"])
+    return transfer_weights(module.model, record["state_dict"], record["path"], allow_partial=ft.allow_partial)
 
 
 def set_encoder_trainable(model: nn.Module, trainable: bool) -> int:
