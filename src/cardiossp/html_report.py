@@ -91,7 +91,8 @@ def _eval_section(folder: Path) -> tuple[str, pd.DataFrame]:
 
     summary = load_summary(folder)
     per = pd.read_csv(folder / "per_subject.csv")
-    metrics = [c for c in per.columns if c.split("_")[0] in ("dice", "hd95") and c.split("_")[-1] in ("LV", "MYO", "RV")]
+    metrics = [c for c in per.columns
+               if c.split("_")[0] in ("dice", "hd95") and c.split("_")[-1] in ("LV", "MYO", "RV")]
     groups = [("all", per)] + [(p, g) for p, g in per.groupby("phase", sort=True)]
     seg = pd.DataFrame([{"cases": name, "n": len(g), **{c.replace("_", " "): f"{g[c].mean():.3f} ± {g[c].std():.3f}"
                                                       for c in metrics}} for name, g in groups])

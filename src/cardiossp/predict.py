@@ -2,6 +2,11 @@
 (``<name>_seg.nii.gz``, uint8, internal labels 1 LV, 2 MYO, 3 RV) with the input's shape,
 affine and header. Each output is written to a temporary name and renamed; a bad input
 raises a ``DataError`` naming it and leaves nothing behind.
+
+Label maps are never segmented as images: in a folder, files named ``*_gt``, ``*_seg``,
+``labels*`` and everything in nnU-Net's ``labelsTr`` / ``labelsTs`` are skipped (an ACDC
+patient folder gives its frames and 4D cine only); such a file named on its own is refused.
+A blank image (or a blank frame of a cine) is refused: the network would still draw a heart on it.
 """
 
 from __future__ import annotations
@@ -27,23 +32,30 @@ def _stem(path: Path) -> str:
 
 
 def expand_inputs(inputs) -> list[tuple[str, Path]]:
-    """Paths -> ``[("nifti" | "dicom", path)]``: a folder means its .nii/.nii.gz files (not ``*_seg``),
-    or, if it has none, the DICOM series of its .dcm files."""
+    """Paths -> ``[("nifti" | "dicom", path)]``: a folder means its .nii/.nii.gz image files (label maps
+    skipped, see ``is_label_file``), or, if it has none, the DICOM series of its .dcm files."""
+    from .data.readers.base import is_label_file
+
     jobs: list[tuple[str, Path]] = []
     for item in [inputs] if isinstance(inputs, (str, Path)) else inputs:
         p = Path(item)
         if p.is_dir():
-            nii = sorted(f for f in p.iterdir()
-                         if f.is_file() and f.name.endswith(_NII) and not _stem(f).endswith("_seg"))
+            if p.name.lower() in ("labelstr", "labelsts"):
+                raise DataError(p, "is an nnU-Net label folder: give imagesTr / imagesTs")
+            nii = sorted(f for f in p.iterdir() if f.is_file() and f.name.endswith(_NII) and not is_label_file(f))
             if nii:
                 jobs += [("nifti", f) for f in nii]
             elif any(f.suffix.lower() == ".dcm" for f in p.iterdir()):
                 jobs.append(("dicom", p))
+            elif any(f.name.endswith(_NII) for f in p.iterdir()):
+                raise DataError(p, "folder holds only label maps (*_gt, *_seg, labels*), no image to segment")
             else:
                 raise DataError(p, "folder holds no .nii/.nii.gz files and no .dcm series")
         elif p.is_file():
             if not p.name.endswith(_NII):
                 raise DataError(p, "not a NIfTI file (.nii/.nii.gz); give DICOM series as a folder")
+            if is_label_file(p):
+                raise DataError(p, "is named as a label map (*_gt, *_seg, labels*, labelsTr/): give the image")
             jobs.append(("nifti", p))
         else:
             raise DataError(p, "input not found")
@@ -57,17 +69,31 @@ def _read_input(kind: str, path: Path):
     if kind == "dicom":
         from .data.readers.sunnybrook import read_series
 
-        image, affine, _, _ = read_series(path)
+        image, affine, _, _ = read_series(path)  # refuses a blank series
         spacing = tuple(float(np.linalg.norm(affine[:3, i])) for i in range(3))
         if min(spacing) <= 0:
             raise DataError(path, f"DICOM geometry gives voxel spacing {spacing}")
+        _check_frames(path, image)
         image = image[..., 0] if image.shape[3] == 1 else image
         return image, spacing, affine, None, image.shape
     from .data.readers.base import load_nifti
 
-    data, affine, zooms = load_nifti(path, ndims=(3, 4))  # DataError on 2D, corrupt file, non-finite voxels
+    # DataError on a header claiming more than the file holds, 2D, corrupt file, non-finite or blank voxels
+    data, affine, zooms = load_nifti(path, ndims=(3, 4))
+    if data.ndim == 4:
+        _check_frames(path, data)
     img = nib.load(str(path))  # for its header: the labels are written with the input's
     return data, zooms[:3], affine, img.header, img.shape
+
+
+def _check_frames(path: Path, image: np.ndarray) -> None:
+    """Refuse a cine (X, Y, Z, T) with a blank frame: it would get a segmentation all the same."""
+    if image.ndim != 4:
+        return
+    flat = image.reshape(-1, image.shape[3])
+    blank = np.nonzero(flat.max(axis=0) == flat.min(axis=0))[0]
+    if len(blank):
+        raise DataError(path, f"frame(s) {blank.tolist()[:8]} of {image.shape[3]} are blank (one value everywhere)")
 
 
 def _write_labels(labels: np.ndarray, affine: np.ndarray, header, shape, out: Path) -> None:

@@ -178,7 +178,8 @@ def test_mnms2_cine_shape_mismatch(tmp_path):
 
 # --- NIfTI folders
 def nnunet_case(root, labels_json, image_shape=(8, 8, 2), label_shape=(8, 8, 2), value=1):
-    save(root / "imagesTr/c1_0000.nii.gz", np.ones(image_shape, np.float32), np.eye(4))
+    image = np.random.default_rng(0).random(image_shape).astype(np.float32)  # not blank: that is refused
+    save(root / "imagesTr/c1_0000.nii.gz", image, np.eye(4))
     lab = np.zeros(label_shape, np.uint8)
     lab[2:4, 2:4, 0] = value
     save(root / "labelsTr/c1.nii.gz", lab, np.eye(4))
@@ -206,7 +207,7 @@ def test_nnunet_4d_label_frame_count_mismatch(tmp_path):
 
 
 def test_metadata_frame_beyond_cine(tmp_path):
-    save(tmp_path / "s.nii.gz", np.ones((6, 6, 2, 4), np.float32), np.eye(4))
+    save(tmp_path / "s.nii.gz", np.random.default_rng(0).random((6, 6, 2, 4)).astype(np.float32), np.eye(4))
     (tmp_path / "metadata.csv").write_text("subject,vendor,centre,pathology,ed_frame,es_frame\ns,A,1,NOR,0,4\n")
     expect_error(tmp_path, "nifti", "s", "metadata.csv", "es_frame", "4 frames")
 

@@ -49,8 +49,8 @@ def test_lv_module_has_two_outputs_and_remaps_every_target():
     assert batch["segmentation"][0].flatten().tolist() == [0, 1, 0, 0] and batch["segmentation"][1].item() == 0
     cardiac = SegmentationModule(load_config(TrainConfig, "train", "tiny", {**TINY, "data.task": "cardiac"}))
     assert cardiac.on_after_batch_transfer({"segmentation": seg}, 0)["segmentation"].flatten().tolist() == [0, 1, 2, 3]
-    with pytest.raises(ConfigError, match="unknown task"):
-        SegmentationModule(load_config(TrainConfig, "train", "tiny", {**TINY, "data.task": "la"}))
+    with pytest.raises(ConfigError, match=r"data.task must be one of cardiac, lv \(got 'la'\)"):
+        load_config(TrainConfig, "train", "tiny", {**TINY, "data.task": "la"})
 
 
 def test_echo_lv_preset_builds_a_two_class_net_for_112_px_frames():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -87,23 +86,24 @@ def test_semi_method_trains_every_model_from_every_start(tmp_path, phantom_cache
     assert bool(teacher) == (method in ("mean-teacher", "bcp"))  # the EMA teacher is checkpointed
 
 
-def test_unlabeled_pool_never_reads_labels(tmp_path, phantom_cache, one_thread):
-    """Label arrays of every unlabeled-pool subject are made unreadable: semi-supervised training runs."""
+def test_unlabeled_pool_never_reads_labels(tmp_path, phantom_cache, monkeypatch, one_thread):
+    """Every read of an unlabeled-pool subject's label array fails: semi-supervised training still runs."""
     src, split = phantom_cache
-    cache = tmp_path / "cache"
-    shutil.copytree(src, cache)
     sp = load_split(split)
     labeled = training_subjects(sp, 2)
-    pool = unlabeled_pool(sp, labeled)
-    assert pool and not set(pool) & (set(labeled) | set(sp["val"]) | set(sp["test"]))
-    for s in pool:
-        path = cache / "subjects" / s / "labels.npy"
-        path.unlink(missing_ok=True)
-        path.mkdir()  # np.load of a folder fails, for root too
+    pool = set(unlabeled_pool(sp, labeled))
+    assert pool and not pool & (set(labeled) | set(sp["val"]) | set(sp["test"]))
+    real = SliceCache.label_array
+
+    def guarded(self, subject):
+        assert subject not in pool, f"read the labels of unlabeled-pool subject {subject}"
+        return real(self, subject)
+
+    monkeypatch.setattr(SliceCache, "label_array", guarded)
     labeled_pool = [s for s in pool if s in sp["train"]]
-    with pytest.raises(OSError):  # the sabotage works: reading their labels fails
-        LabeledSlices(SliceCache(cache), labeled_pool)[0]
-    run = train_segmentation(semi_cfg("unimatch"), cache, split, tmp_path / "run", progress=False)
+    with pytest.raises(AssertionError, match="read the labels"):  # the guard bites: their labels cannot be read
+        LabeledSlices(SliceCache(src), labeled_pool)[0]
+    run = train_segmentation(semi_cfg("unimatch"), src, split, tmp_path / "run", progress=False)
     assert (run / "done.json").is_file()
 
 

@@ -8,9 +8,30 @@ from typing import Optional
 
 import typer
 
-from ..errors import CardiosspError
+from ..errors import CardiosspError, ConfigError, DataError
 from .common import app, console, print_table
 from .common import fail as _fail
+
+STRATIFY = ("auto", "vendor", "pathology", "dataset", "none")  # data.splits.make_split's stratify
+
+
+def check_grid(spacing: float, size: int) -> None:
+    """``--spacing`` (mm, > 0) and ``--size`` (px, >= 16) of a cache, checked before any work."""
+    from ..config import MIN_SIZE
+    from ..config_checks import check_option
+
+    check_option("--spacing", spacing, float, gt=0)
+    check_option("--size", size, int, ge=MIN_SIZE)
+
+
+def _check_sources(readers: list[str], folders: list[Path]) -> None:
+    """Every ``--reader`` registered and every ``--data`` there, before the cache folder is made."""
+    from ..data.readers import READERS
+
+    for name, folder in zip(readers, folders):
+        READERS.get(name)  # ConfigError: unknown reader ..., known: ...
+        if not folder.exists():
+            raise DataError(folder, f"no such file or folder (--data for --reader {name})")
 
 
 @app.command()
@@ -31,6 +52,8 @@ def prepare(
         _fail(CardiosspError(f"give one --reader per --data (got {len(reader)} readers, {len(data)} folders)"))
     t0 = time.time()
     try:
+        check_grid(spacing, size)
+        _check_sources(reader, data)
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task("prepare", total=None)
 
@@ -83,13 +106,14 @@ def split(
     from ..data.splits import make_split, parse_budgets, save_split
 
     try:
-        groups = {}
-        for item in filter(None, vendor_groups.split(",")):
-            name, vendors = item.split("=")
-            groups[f"vendor_{name}"] = vendors.split("+")
-        s = make_split(SliceCache(cache).subjects, seed=seed, val=val if val < 1 else int(val),
-                       test=test if test < 1 else int(test),
-                       budgets=parse_budgets(budgets), stratify=stratify, vendor_groups=groups,
+        parts = _split_options(seed, val, test, stratify)
+        groups = _vendor_groups(vendor_groups)
+        try:
+            label_budgets = parse_budgets(budgets)
+        except ConfigError as e:
+            raise ConfigError(f"--budgets {budgets!r}: {e}") from None
+        s = make_split(SliceCache(cache).subjects, seed=seed, val=parts["--val"], test=parts["--test"],
+                       budgets=label_budgets, stratify=stratify, vendor_groups=groups,
                        views=[v.strip() for v in views.split(",") if v.strip()] or None, official=official)
         save_split(s, out)
     except (CardiosspError, ValueError) as e:
@@ -97,3 +121,31 @@ def split(
     console.print(f"wrote {out}: train {len(s['train'])}, val {len(s['val'])}, test {len(s['test'])}, "
                   f"unlabeled {len(s['unlabeled'])}, budgets {sorted(s['budgets'])}"
                   + "".join(f", {f:g} of the labels = budget {n}" for f, n in s["budget_fractions"].items()))
+
+
+def _split_options(seed: int, val: float, test: float, stratify: str) -> dict[str, float | int]:
+    """``--val`` / ``--test``: a fraction in [0, 1) or a whole number of subjects (returned as an int)."""
+    from ..config import MAX_SEED
+    from ..config_checks import check_option
+
+    check_option("--seed", seed, int, ge=0, le=MAX_SEED)
+    check_option("--stratify", stratify, str, choices=STRATIFY)
+    out: dict[str, float | int] = {}
+    for name, value in (("--val", val), ("--test", test)):
+        check_option(name, value, float, ge=0)
+        if value >= 1 and value != int(value):
+            raise ConfigError(f"{name} must be a fraction in [0, 1) or a whole number of subjects (got {value:g})")
+        out[name] = value if value < 1 else int(value)
+    return out
+
+
+def _vendor_groups(text: str) -> dict[str, list[str]]:
+    """``"AB=A+B,CD=C+D"`` -> ``{"vendor_AB": ["A", "B"], "vendor_CD": ["C", "D"]}``."""
+    groups = {}
+    for item in filter(None, (i.strip() for i in text.split(","))):
+        name, eq, vendors = item.partition("=")
+        members = [v.strip() for v in vendors.split("+") if v.strip()]
+        if not eq or not name.strip() or not members:
+            raise ConfigError(f"--vendor-groups must look like NAME=V1+V2,NAME2=V3 (got {item!r} in {text!r})")
+        groups[f"vendor_{name.strip()}"] = members
+    return groups

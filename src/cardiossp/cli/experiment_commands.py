@@ -32,20 +32,26 @@ def experiment(
     dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and their status; run nothing"),
     progress: bool = typer.Option(False, help="show each run's progress bar"),
     device: str = typer.Option("auto", help="where test subjects are segmented: auto, cpu or cuda"),
-    num_nodes: int = typer.Option(1, min=1, help="machines every pretraining and training run spans (DDP; start "
+    num_nodes: int = typer.Option(1, help="machines every pretraining and training run spans (DDP; start "
                                   "the command on every node)"),
 ) -> None:
     """Run an experiment plan: pretrain once per method, fine-tune per budget and seed, evaluate, tabulate.
 
     Finished runs are skipped and interrupted ones resume, so re-running the same command continues a
     killed campaign. A failing run is recorded (failed.json) and the others go on."""
+    from ..config_checks import check_option
     from ..experiments import load_plan, run_campaign, write_report
     from ..experiments.execute import LocalExecutor
     from ..experiments.runner import parse_shard
+    from ..inference import resolve_device
 
-    try:
+    try:  # every option checked before any work (a bad --device would otherwise fail after training)
+        check_option("--num-nodes", num_nodes, int, ge=1)
+        resolve_device(device)
+        part = parse_shard(shard)
+        only = [s.strip() for s in studies.split(",") if s.strip()] if studies else None
         p = load_plan(plan, parse_data(data))
-        rows = run_campaign(p, out, studies=studies.split(",") if studies else None, shard=parse_shard(shard),
+        rows = run_campaign(p, out, studies=only, shard=part,
                             dry_run=dry_run, executor=LocalExecutor(progress=progress, num_nodes=num_nodes,
                                                                    device=device),
                             say=console.print)

@@ -35,7 +35,7 @@ def train(
                                                    "torchvision ResNet state dict for resnet_unet / deeplabv3"),
     resume: bool = typer.Option(False, help="continue an interrupted run from its last checkpoint"),
     devices: str = typer.Option("auto", help="devices per node (2+ runs DDP)"),
-    num_nodes: int = typer.Option(1, min=1, help=NUM_NODES_HELP),
+    num_nodes: int = typer.Option(1, help=NUM_NODES_HELP),
     logger: list[str] = typer.Option([], help="extra loggers: tensorboard, wandb, mlflow"),
     set_: list[str] = typer.Option([], "--set", help=OVERRIDE_HELP),
 ) -> None:
@@ -43,6 +43,7 @@ def train(
     from ..config import TrainConfig, load_config
     from ..train.fit import train_segmentation
 
+    loggers = _loggers(logger)
     over = {"seed": seed, "labeled_subjects": labeled_subjects, "subset": subset, "devices": _devices(devices),
             "num_nodes": num_nodes, "finetune.strategy": strategy,
             "finetune.warmup_frozen_epochs": warmup_frozen_epochs}
@@ -56,7 +57,7 @@ def train(
         over["data.phases"] = [p.strip() for p in phases.split(",")]
     try:
         cfg = load_config(TrainConfig, "train", preset, {**over, **_parse(set_)})
-        train_segmentation(cfg, cache, split, out, resume=resume, loggers=tuple(logger))
+        train_segmentation(cfg, cache, split, out, resume=resume, loggers=loggers)
     except CardiosspError as e:
         fail(e)
     console.print(f"run finished: {out}")
@@ -75,7 +76,7 @@ def pretrain(
     seed: int = typer.Option(0),
     resume: bool = typer.Option(False),
     devices: str = typer.Option("auto", help="devices per node (2+ runs DDP)"),
-    num_nodes: int = typer.Option(1, min=1, help=NUM_NODES_HELP),
+    num_nodes: int = typer.Option(1, help=NUM_NODES_HELP),
     logger: list[str] = typer.Option([], help="extra loggers: tensorboard, wandb, mlflow"),
     set_: list[str] = typer.Option([], "--set", help=OVERRIDE_HELP),
 ) -> None:
@@ -83,11 +84,12 @@ def pretrain(
     from ..config import PretrainConfig, load_config
     from ..train.pretrain import pretrain as run
 
+    loggers = _loggers(logger)
     try:
         cfg = load_config(PretrainConfig, "pretrain", preset,
                           {"method": method, "seed": seed, "devices": _devices(devices), "num_nodes": num_nodes,
                            **_parse(set_)})
-        run(cfg, cache, out, split=split, resume=resume, loggers=tuple(logger))
+        run(cfg, cache, out, split=split, resume=resume, loggers=loggers)
     except CardiosspError as e:
         fail(e)
     console.print(f"pretrained weights: {out / 'pretrained.pt'}")
@@ -164,19 +166,36 @@ def export(
     console.print(f"wrote {n} tensors to {out}")
 
 
+LOGGERS = ("tensorboard", "wandb", "mlflow")  # what train/engine.build_trainer adds
+
+
 def _devices(devices: str):
-    return int(devices) if devices.isdigit() else devices
+    return int(devices) if devices.strip().isdigit() else devices.strip()
+
+
+def _loggers(names: list[str]) -> tuple[str, ...]:
+    """``--logger`` values, checked before any work (the engine meets them only once the run is set up)."""
+    from ..config_checks import check_option
+
+    try:
+        for name in names:
+            check_option("--logger", name, str, choices=LOGGERS)
+    except CardiosspError as e:
+        fail(e)
+    return tuple(names)
 
 
 def _parse(items: list[str]) -> dict:
-    import yaml
+    """``--set key=value`` items -> {dotted key: YAML value}."""
+    from ..config import parse_override
 
     out = {}
     for item in items:
-        if "=" not in item:
-            fail(CardiosspError(f"--set {item!r} is not key=value"))
-        k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        try:
+            k, v = parse_override(item, "--set")
+        except CardiosspError as e:
+            fail(e)
+        out[k] = v
     return out
 
 
@@ -205,9 +224,14 @@ def bench(
     if data is None:
         fail(ConfigError("bench needs --data (a dataset folder), or --throughput"))
     from ..bench import bench_supervised
+    from ..config import TrainConfig, load_config
+    from .data_commands import check_grid
 
+    overrides = _parse(set_)
     try:
-        bench_supervised(data, out, reader=reader, preset=preset, seed=seed, overrides=_parse(set_),
+        check_grid(spacing, size)
+        load_config(TrainConfig, "train", preset, {"seed": seed, **overrides})  # bad values fail before the cache
+        bench_supervised(data, out, reader=reader, preset=preset, seed=seed, overrides=overrides,
                          spacing=spacing, size=size)
     except CardiosspError as e:
         fail(e)

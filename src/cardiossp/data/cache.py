@@ -12,8 +12,17 @@ Layout of a cache folder::
 
 A subject folder counts as done only once ``meta.json`` exists; arrays are written to a
 temporary name and renamed first, so an interrupted ``prepare`` leaves nothing a later
-run trusts. Re-running ``prepare`` skips subjects whose fingerprint (reader, source
-files' sizes and times, spacing, size) is unchanged.
+run trusts. ``meta.json`` records each array's shape, dtype, byte size and SHA-256
+(``meta["arrays"]``). Re-running ``prepare`` skips subjects whose fingerprint (reader, source
+files' sizes and times, spacing, size) is unchanged *and* whose arrays still match that record
+in full (SHA-256); a damaged subject is prepared again, with a warning naming the file. Subjects
+of caches written before the record existed are prepared again (their arrays cannot be verified).
+Readers of the cache (``SliceCache``) check sizes on opening it, see ``cardiossp.data.slices``.
+
+A subject whose image is blank (one value everywhere), or whose labeled frame is, is refused
+with a ``DataError`` naming it: labels on a blank image are wrong whatever they say, and a
+silently smaller dataset changes every split; the subjects before it stay prepared, so a
+re-run after removing or fixing the file resumes.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import hashlib
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -32,6 +42,7 @@ from ..atomic import atomic_path, write_csv, write_json
 from ..errors import DataError
 from .preprocess import preprocess_subject
 from .readers import get_reader
+from .slices import ARRAYS, array_record, verify_subject
 from .subject import Subject
 
 FORMAT_VERSION = 1
@@ -47,9 +58,10 @@ def subject_key(subject: Subject) -> str:
     return f"{subject.dataset}_{sid}"
 
 
-def _fingerprint(reader: str, files: list[Path], spacing: float, size: int) -> str:
-    """Changes when the reader, the target grid, or any source file's path, size or mtime does."""
-    h = hashlib.sha1(f"{FORMAT_VERSION}|{reader}|{spacing}|{size}".encode())
+def _fingerprint(reader: str, sid: str, files: list[Path], spacing: float, size: int) -> str:
+    """Changes when the reader, the subject, the target grid, or any source file's path, size or mtime
+    does (the subject id keeps subjects without source files, e.g. the phantom's, apart)."""
+    h = hashlib.sha1(f"{FORMAT_VERSION}|{reader}|{sid}|{spacing}|{size}".encode())
     for p in sorted(files):
         st = p.stat()
         h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -74,6 +86,7 @@ def _json_default(o):
 def write_subject(out: Path, subject: Subject, reader: str, fingerprint: str, spacing: float, size: int) -> dict:
     """Preprocess one subject into ``out/subjects/<key>/``; returns its meta record."""
     key = subject_key(subject)
+    check_not_blank(subject)
     folder = out / "subjects" / key
     if folder.exists():
         shutil.rmtree(folder)
@@ -98,9 +111,24 @@ def write_subject(out: Path, subject: Subject, reader: str, fingerprint: str, sp
         "extra": {k: v for k, v in subject.extra.items() if isinstance(v, (str, int, float, bool))},
         # Partially contoured frames (Sunnybrook): only these slices count as labeled.
         "labeled_slices": {str(t): [int(z) for z in zs] for t, zs in subject.extra.get("labeled_slices", {}).items()},
+        # what was written: reuse and readers verify the files against it
+        "arrays": {name: array_record(folder / name) for name in ARRAYS},
     }
     write_json(folder / "meta.json", meta, default=_json_default)  # written last: marks the subject done
     return meta
+
+
+def check_not_blank(subject: Subject) -> None:
+    """Refuse a subject whose image, or one of whose labeled frames, has one value everywhere."""
+    img = subject.image
+    if img.size and float(img.max()) == float(img.min()):
+        raise DataError(subject.source or None, f"image of {subject.subject_id} is blank: every voxel is "
+                                                f"{float(img.min()):g} (empty or failed export?)")
+    for t in sorted(subject.labels):
+        frame = img[..., t]
+        if float(frame.max()) == float(frame.min()):
+            raise DataError(subject.source or None, f"frame {t} of {subject.subject_id} has labels but its image is "
+                                                    f"blank (every voxel {float(frame.min()):g})")
 
 
 def manifest_rows(meta: dict) -> list[dict]:
@@ -142,6 +170,10 @@ def prepare(
                                  f"asked for {spacing} / {size}: use another --out folder")
     metas: dict[str, dict] = {}
     done = _meta_index(out)
+    old = sum(1 for m in done.values() if not m.get("arrays"))
+    if old:
+        warnings.warn(f"{out}: {old} cached subject(s) were written before caches recorded their arrays' "
+                      "checksums; they are prepared again", stacklevel=2)
     source_list = []
     for reader_name, data in sources:
         reader, root = get_reader(reader_name), Path(data)
@@ -152,8 +184,8 @@ def prepare(
             raise DataError(root, f"no subjects found for reader {reader_name!r} (is this the right layout?)")
         source_list.append({"reader": reader_name, "data": str(root.resolve()), "subjects": len(ids)})
         for i, sid in enumerate(ids):
-            fp = _fingerprint(reader_name, reader.source_files(root, sid), spacing, size)
-            meta = done.get((reader_name, fp))
+            fp = _fingerprint(reader_name, sid, reader.source_files(root, sid), spacing, size)
+            meta = _reusable(out, done.get((reader_name, fp)), size)
             reused = meta is not None
             if meta is None:
                 meta = write_subject(out, reader.load(root, sid), reader_name, fp, spacing, size)
@@ -168,16 +200,36 @@ def prepare(
     return out
 
 
+def _reusable(out: Path, meta: dict | None, size: int) -> dict | None:
+    """``meta`` if its subject's arrays match their record in full (SHA-256), else None (prepare again).
+    Old subjects without a record are prepared again: nothing says what their arrays should hold."""
+    if meta is None:
+        return None
+    folder = out / "subjects" / meta["key"]
+    if not meta.get("arrays"):
+        return None
+    try:
+        problems = verify_subject(folder, meta, size, level="hash")
+    except (KeyError, TypeError, ValueError) as e:
+        problems = [(folder / "meta.json", f"subject record is damaged ({e})")]
+    if problems:
+        path, problem = problems[0]
+        warnings.warn(f"{path}: {problem}; preparing {meta['subject_id']} again", stacklevel=3)
+        return None
+    return meta
+
+
 def _meta_index(out: Path) -> dict[tuple[str, str], dict]:
     """Finished subject folders of a cache, by (reader, fingerprint)."""
     metas = {}
     for meta_path in (out / "subjects").glob("*/meta.json"):
         try:
             m = json.loads(meta_path.read_text())
-        except json.JSONDecodeError:
+            key = (m["reader"], m["fingerprint"])
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
             continue  # a broken record is recomputed
-        if all((meta_path.parent / f).exists() for f in ("image.npy", "labels.npy", "native_labels.npy")):
-            metas[(m["reader"], m["fingerprint"])] = m
+        if all((meta_path.parent / f).exists() for f in ARRAYS):
+            metas[key] = m
     return metas
 
 
@@ -193,6 +245,9 @@ def _write_tables(out: Path, metas: dict[str, dict]) -> None:
         "spacing_z": m["geometry"]["spacing"][2],
         # splits keep a patient's subjects together (CAMUS: 2CH + 4CH) and can follow a dataset's own split
         "patient": m["extra"].get("patient"), "official_split": m["extra"].get("official_split"),
+        # why vendor / centre are unknown (no or garbled info CSV): info reports it, vendor splits name it
+        "metadata_missing": m["extra"].get("metadata_missing"),
     } for _, m in sorted(metas.items())])
-    subj = subj.drop(columns=[c for c in ("patient", "official_split") if c in subj and subj[c].isna().all()])
+    optional = ("patient", "official_split", "metadata_missing")
+    subj = subj.drop(columns=[c for c in optional if c in subj and subj[c].isna().all()])
     write_csv(out / "subjects.csv", subj)

@@ -40,6 +40,26 @@ from ..atomic import write_yaml
 from ..errors import ConfigError, DataError
 
 
+def require_metadata(subjects: pd.DataFrame, column: str, ids, why: str) -> None:
+    """Fail when ``column`` (vendor, centre, ...) is unknown for any of the subjects ``ids``: a split or
+    subset that needs it would silently leave them out. The error names the subjects and, from the
+    cache's ``metadata_missing`` column, the info CSV that should have given it."""
+    if column not in subjects:
+        raise DataError(None, f"{why} needs the {column!r} of every subject; the cache has no {column!r} column")
+    rows = subjects[subjects["subject"].astype(str).isin({str(i) for i in ids})]
+    values = rows[column].astype(object)
+    bad = rows[(values.isna() | values.astype(str).str.strip().isin(["", "nan", "None"])).to_numpy()]
+    if len(bad) == 0:
+        return
+    names = ", ".join(map(str, bad["subject"].head(8))) + (", ..." if len(bad) > 8 else "")
+    why_missing = ""
+    if "metadata_missing" in bad:
+        reasons = sorted({str(r) for r in bad["metadata_missing"].dropna()})
+        why_missing = f" ({reasons[0]})" if reasons else ""
+    raise DataError(None, f"{why} needs the {column} of every subject, but it is unknown for {len(bad)} of "
+                          f"{len(rows)}: {names}{why_missing}")
+
+
 def _strata(subjects: pd.DataFrame, stratify: str) -> pd.Series:
     if stratify == "auto":
         stratify = "vendor" if subjects["vendor"].nunique() > 1 else "pathology"
@@ -134,8 +154,13 @@ def make_split(
     ids = list(members)  # patients, in table order
     n = len(ids)
     rng = np.random.default_rng(seed)
+    explicit = stratify
     if stratify == "auto":
         stratify = "vendor" if labeled["vendor"].nunique() > 1 else "pathology"
+    elif stratify in ("vendor", "centre", "pathology"):
+        require_metadata(labeled, stratify, labeled["subject"], f"--stratify {explicit}")
+    if vendor_groups:
+        require_metadata(labeled, "vendor", labeled["subject"], "vendor groups (--vendor-groups)")
     strata = _strata(first, stratify)
     strat_of = dict(zip(ids, strata))
     if official:
@@ -209,17 +234,55 @@ def load_split(path: str | Path) -> dict:
         split = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise DataError(path, f"not valid YAML: {e}") from None
-    missing = [k for k in ("train", "val", "test") if k not in (split or {})]
+    if not isinstance(split, dict):
+        raise DataError(path, "not a split file (expected a mapping with train, val, test)")
+    missing = [k for k in ("train", "val", "test") if k not in split]
     if missing:
         raise DataError(path, f"split file lacks {missing}")
-    split.setdefault("unlabeled", [])
-    split.setdefault("other_views", [])
-    split.setdefault("budgets", {})
-    split.setdefault("subsets", {})
-    split.setdefault("budget_fractions", {})
-    split["budgets"] = {int(k): v for k, v in split["budgets"].items()}
-    split["budget_fractions"] = {float(k): int(v) for k, v in split["budget_fractions"].items()}
+    for key in ("train", "val", "test", "unlabeled", "other_views"):
+        if split.get(key) is None:
+            split[key] = []
+        if not isinstance(split[key], list):
+            raise DataError(path, f"{key} must be a list of subject keys, got {type(split[key]).__name__}")
+        split[key] = [str(v) for v in split[key]]
+    for key in ("budgets", "subsets", "budget_fractions"):
+        if split.get(key) is None:
+            split[key] = {}
+        if not isinstance(split[key], dict):
+            raise DataError(path, f"{key} must be a mapping, got {type(split[key]).__name__}")
+    try:
+        split["budgets"] = {int(k): [str(v) for v in vs] for k, vs in split["budgets"].items()}
+        split["budget_fractions"] = {float(k): int(v) for k, v in split["budget_fractions"].items()}
+        split["subsets"] = {str(k): [str(v) for v in vs] for k, vs in split["subsets"].items()}
+    except (TypeError, ValueError) as e:
+        raise DataError(path, f"garbled budgets / subsets ({e})") from None
+    check_split(split, path)
     return split
+
+
+def check_split(split: dict, path: str | Path | None = None) -> None:
+    """A subject in two of train / val / test, or a val/test subject among the unlabeled (pretraining)
+    subjects, would be trained on and then scored: refuse, naming the file and the subjects. The same
+    for a budget or subset (training subjects) holding a val or test subject."""
+    parts = ("train", "val", "test", "unlabeled")
+    for i, a in enumerate(parts):
+        for b in parts[i + 1:]:
+            if (a, b) == ("train", "unlabeled"):
+                continue  # pretraining uses both; train subjects are never listed as unlabeled, but harmless
+            both = sorted(set(split[a]) & set(split[b]))
+            if both:
+                shown = ", ".join(both[:8]) + (", ..." if len(both) > 8 else "")
+                raise DataError(path, f"{len(both)} subject(s) in both {a} and {b}: {shown}")
+        dup = sorted({x for x in split[a] if split[a].count(x) > 1})
+        if dup:
+            raise DataError(path, f"subject(s) listed twice in {a}: {', '.join(dup[:8])}")
+    scored = {s: part for part in ("val", "test") for s in split[part]}
+    for kind in ("budgets", "subsets"):
+        for name, ids in split[kind].items():
+            leak = sorted(set(ids) & set(scored))
+            if leak:
+                raise DataError(path, f"{kind} {name} holds {len(leak)} {scored[leak[0]]} subject(s), which would "
+                                      f"be trained on and scored: {', '.join(leak[:8])}")
 
 
 def training_subjects(split: dict, budget: float | str | None = None, subset: str | None = None) -> list[str]:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import DataError
+
 
 @dataclass
 class Subject:
@@ -32,15 +34,26 @@ class Subject:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        """The last line of defence for every reader: a record that cannot be right is a ``DataError``
+        naming ``source`` (readers check first and name the exact file)."""
+        where = self.source or None
         if self.image.ndim != 4:
-            raise ValueError(f"{self.source}: image must be 4D (x, y, slice, time), got {self.image.shape}")
+            raise DataError(where, f"image must be 4D (x, y, slice, time), got {self.image.shape}")
+        n_t = self.image.shape[3]
         if self.frame_numbers is None:
-            self.frame_numbers = list(range(self.image.shape[3]))
+            self.frame_numbers = list(range(n_t))
+        if len(self.frame_numbers) != n_t:
+            raise DataError(where, f"{len(self.frame_numbers)} frame numbers for {n_t} frames")
+        for what, t in (("ED", self.ed_frame), ("ES", self.es_frame)):
+            if t is not None and not 0 <= int(t) < n_t:
+                raise DataError(where, f"{what} frame index {t} is outside the image's {n_t} frames (0..{n_t - 1})")
+        if self.ed_frame is not None and self.ed_frame == self.es_frame:
+            raise DataError(where, f"ED and ES are the same frame ({self.ed_frame})")
         for t, lab in self.labels.items():
+            if not 0 <= int(t) < n_t:
+                raise DataError(where, f"labels of frame {t}, outside the image's {n_t} frames")
             if lab.shape != self.image.shape[:3]:
-                raise ValueError(
-                    f"{self.source}: label of frame {t} has shape {lab.shape}, image frame {self.image.shape[:3]}"
-                )
+                raise DataError(where, f"label of frame {t} has shape {lab.shape}, image frame {self.image.shape[:3]}")
 
     @property
     def shape(self) -> tuple[int, int, int, int]:

@@ -22,6 +22,9 @@ def domain_subsets(subjects, train_ids: list[str], key: str, groups: dict[str, l
     the group's values."""
     if key not in subjects:
         raise ConfigError(f"domains.key {key!r} is not a subject column; columns: {sorted(subjects.columns)}")
+    from ..data.splits import require_metadata
+
+    require_metadata(subjects, key, train_ids, f"the {key} groups {sorted(groups)} of the domain study")
     value_of = dict(zip(subjects["subject"], subjects[key].astype(str)))
     out = {}
     for name, values in groups.items():

@@ -242,7 +242,9 @@ def resume_point(out: Path, resume: bool, finished_marker: str) -> str | None:
 @contextlib.contextmanager
 def kept_metrics(out: Path, resume: bool, enabled: bool = True):
     """Lightning's CSV logger deletes ``metrics.csv`` when a run resumes; keep the earlier rows
-    and put them back in front of the new ones when the run ends (also when it fails).
+    and put them back in front of the new ones when the run ends (also when it fails). Rows the killed
+    session logged after its last checkpoint (step >= the checkpoint's ``global_step``) are dropped:
+    the resumed session logs those steps again.
     ``enabled=False`` (pass ``trainer.is_global_zero``) makes it a no-op on the ranks that do not
     write the CSV, so they do not race rank 0 for the same files on a shared disk."""
     if not enabled:
@@ -250,6 +252,14 @@ def kept_metrics(out: Path, resume: bool, enabled: bool = True):
         return
     path = out / "logs" / "metrics.csv"
     before = out / "logs" / "metrics.before-resume.csv"
+    last = out / "checkpoints" / "last.ckpt"
+    if resume and path.is_file() and last.is_file():
+        from ..models.weights import load_torch_file
+
+        resumed_at = int(load_torch_file(last, "resume checkpoint", mmap=True).get("global_step", 0))
+        rows = pd.read_csv(path)
+        if "step" in rows:
+            write_csv(path, rows[rows["step"] < resumed_at])
     if resume and path.is_file():
         if before.is_file():  # an earlier resume: accumulate
             merged = pd.concat([pd.read_csv(before), pd.read_csv(path)], ignore_index=True)

@@ -136,7 +136,9 @@ def pretrain(cfg: PretrainConfig, cache: str | Path, out: str | Path, split: str
         subjects = sc.subjects["subject"][views == "SA"].tolist() if sa_only else sc.subject_ids()
     d = cfg.data
     method_cls = SSP_METHODS.get(cfg.method)
-    # Build once to get the view maker (workers receive only it, not the network).
+    # Build once to get the view maker (workers receive only it, not the network); seeded, since its
+    # weights are the run's starting weights (copied into the module below).
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     probe = PretrainModule(cfg)
     dataset = UnlabeledSlices(sc, subjects, transform=probe.method.view_maker)
     run = RunSkeleton(out, resume, "pretrained.pt", cfg, progress=progress, loggers=loggers,

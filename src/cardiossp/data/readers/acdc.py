@@ -35,6 +35,15 @@ def read_info_cfg(path: Path) -> dict[str, str]:
     for key in ("ED", "ES"):
         if key not in info or not info[key].isdigit():
             raise DataError(path, f"missing or non-integer {key!r} entry")
+        if int(info[key]) < 1:
+            raise DataError(path, f"{key}: {info[key]} is not a frame number: Info.cfg counts frames from 1")
+    if int(info["ED"]) == int(info["ES"]):
+        raise DataError(path, f"ED and ES are the same frame ({info['ED']})")
+    n = info.get("NbFrame")
+    if n is not None and n.isdigit():
+        for key in ("ED", "ES"):
+            if int(info[key]) > int(n):
+                raise DataError(path, f"{key}: {info[key]} is beyond NbFrame: {n}")
     return info
 
 

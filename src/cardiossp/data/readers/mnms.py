@@ -87,22 +87,53 @@ def read_info_csvs(root: Path, id_columns: tuple[str, ...]) -> dict[str, tuple[P
     Returns subject id -> (csv path, {lower-case column: cleaned value}); the first CSV to
     mention a subject wins.
     """
+    return scan_info_csvs(root, id_columns)[0]
+
+
+def scan_info_csvs(root: Path, id_columns: tuple[str, ...]) -> tuple[dict, list[str]]:
+    """``read_info_csvs`` plus notes on the CSVs it could not use (no id column: garbled or wrong
+    delimiter), for the metadata-missing report of subjects that no CSV describes."""
     rows: dict[str, tuple[Path, dict[str, str | None]]] = {}
+    notes: list[str] = []
     for path in sorted(root.glob("*.csv")) + sorted(root.glob("*/*.csv")):
         try:
             table = pd.read_csv(path, dtype=str, encoding_errors="replace")
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        except pd.errors.EmptyDataError:
+            notes.append(f"{path} is empty")
+            continue
+        except (pd.errors.ParserError, UnicodeDecodeError) as e:
             raise DataError(path, f"cannot read CSV: {e}") from None
         cols = {str(c).strip().lower(): c for c in table.columns}
         key = next((cols[c] for c in id_columns if c in cols), None)
         if key is None:
+            shown = ", ".join(repr(str(c)) for c in list(table.columns)[:4])
+            notes.append(f"{path} has no {' or '.join(repr(c) for c in id_columns)} column (columns {shown}: "
+                         "garbled, or not comma-separated?)")
             continue
         for rec in table.to_dict("records"):
             raw = rec[key]
             sid = None if raw is None or (isinstance(raw, float) and math.isnan(raw)) else str(raw).strip()
             if sid and sid not in rows:
                 rows[sid] = (path, {str(c).strip().lower(): clean_value(v) for c, v in rec.items()})
-    return rows
+    return rows, notes
+
+
+def missing_row_reason(root: Path, sid: str, notes: list[str], found: bool) -> str:
+    """Why subject ``sid`` has no metadata row: no CSV, unusable CSVs (``notes``), or not listed."""
+    if notes:
+        return "; ".join(notes)
+    if not found:
+        return f"no info CSV in {root}"
+    return f"{sid} is in no row of the info CSV(s) in {root}"
+
+
+def check_ed_es(ed: int | None, es: int | None, path: Path | None, sid: str, names=("ED", "ES")) -> None:
+    """ED and ES from a metadata table: both or neither, and not the same frame."""
+    if (ed is None) != (es is None):
+        given, missing = (names[0], names[1]) if es is None else (names[1], names[0])
+        raise DataError(path, f"{sid} has {given} but no {missing}: give both frame indices or neither")
+    if ed is not None and ed == es:
+        raise DataError(path, f"{names[0]} and {names[1]} of {sid} are the same frame ({ed})")
 
 
 def find_subject_folders(root: Path, is_subject, max_depth: int = 3) -> list[Path]:
@@ -149,9 +180,12 @@ class MnMsReader(Reader):
         return [str(p.relative_to(root)) for p in find_subject_folders(root, self._is_subject)]
 
     def info(self, root: Path) -> dict[str, tuple[Path, dict[str, str | None]]]:
+        return self._scan(root)[0]
+
+    def _scan(self, root: Path) -> tuple[dict, list[str]]:
         root = Path(root)
         if root not in self._csv_cache:
-            self._csv_cache[root] = read_info_csvs(root, ("external code", "subjectid"))
+            self._csv_cache[root] = scan_info_csvs(root, ("external code", "subjectid"))
         return self._csv_cache[root]
 
     def load(self, root: Path, subject_id: str) -> Subject:
@@ -160,9 +194,11 @@ class MnMsReader(Reader):
         sid = folder.name
         if not folder.is_dir():
             raise DataError(folder, "subject folder not found")
-        csv_path, row = self.info(root).get(sid, (None, {}))
+        rows, notes = self._scan(root)
+        csv_path, row = rows.get(sid, (None, {}))
         ed_csv = csv_int(row.get("ed"), csv_path, f"ED of {sid}") if row else None
         es_csv = csv_int(row.get("es"), csv_path, f"ES of {sid}") if row else None
+        check_ed_es(ed_csv, es_csv, csv_path, sid)
 
         cine = folder / f"{sid}_sa.nii.gz"
         if cine.is_file():
@@ -182,6 +218,10 @@ class MnMsReader(Reader):
         extra["split"] = str(folder.parent.relative_to(root)) if folder.parent != root else ""
         if layout == "frames" and frame_numbers == [0, 1]:
             extra["frame_numbers_unknown"] = True
+        if not row:
+            extra["metadata_missing"] = missing_row_reason(root, sid, notes, bool(rows))
+        elif letter is None:
+            extra["metadata_missing"] = f"{csv_path} gives no Vendor for {sid}"
         return Subject(
             subject_id=sid,
             dataset="mnms",
@@ -210,7 +250,7 @@ class MnMsReader(Reader):
         gt = folder / f"{sid}_sa_gt.nii.gz"
         if not gt.is_file():
             return image, affine, zooms, {}, ed, es
-        data, gt_affine, _ = load_nifti(gt, ndims=(4,))
+        data, gt_affine, _ = load_nifti(gt, ndims=(4,), allow_constant=True)  # a label map
         if data.shape != image.shape:
             raise DataError(gt, f"label shape {data.shape} does not match image shape {image.shape}")
         if not np.allclose(gt_affine, affine, atol=1e-3, rtol=1e-4):

@@ -31,7 +31,7 @@ from ...errors import DataError
 from ..labels import DATASET_LABEL_MAPS
 from ..subject import Subject
 from .base import READERS, Reader, load_label_nifti, load_nifti
-from .mnms import csv_int, find_subject_folders, read_info_csvs, vendor_letter
+from .mnms import csv_int, find_subject_folders, missing_row_reason, scan_info_csvs, vendor_letter
 
 PHASES = ("ED", "ES")
 
@@ -69,12 +69,16 @@ class MnMs2Reader(Reader):
         return ids
 
     def info_row(self, root: Path, name: str) -> tuple[Path | None, dict]:
+        return self._scan(root)[0].get(int(name) if name.isdigit() else name, (None, {}))
+
+    def _scan(self, root: Path) -> tuple[dict, list[str]]:
         if root not in self._csv_cache:
             table = {}
-            for sid, value in read_info_csvs(root, ("subject_code",)).items():
+            rows, notes = scan_info_csvs(root, ("subject_code",))
+            for sid, value in rows.items():
                 table[int(sid) if sid.isdigit() else sid] = value
-            self._csv_cache[root] = table
-        return self._csv_cache[root].get(int(name) if name.isdigit() else name, (None, {}))
+            self._csv_cache[root] = (table, notes)
+        return self._csv_cache[root]
 
     def load(self, root: Path, subject_id: str) -> Subject:
         root = Path(root)
@@ -125,6 +129,11 @@ class MnMs2Reader(Reader):
         vendor_name = row.get("vendor")
         extra.update({k: row[k] for k in ("scanner", "field", "sex", "age") if row.get(k) is not None})
         extra["vendor_name"] = vendor_name
+        if not row:
+            table, notes = self._scan(root)
+            extra["metadata_missing"] = missing_row_reason(root, name, notes, bool(table))
+        elif vendor_name is None:
+            extra["metadata_missing"] = f"{csv_path} gives no VENDOR for {name}"
         return Subject(
             subject_id=name if view == "SA" else f"{name}_LA",
             dataset="mnms2",
@@ -147,6 +156,8 @@ class MnMs2Reader(Reader):
         image, affine, zooms = load_nifti(cine, ndims=(4,))
         t_of: dict[str, int | None] = {}
         mads: dict[str, float] = {}
+        if given["ED"] is not None and given["ED"] == given["ES"]:
+            raise DataError(csv_path, f"ED and ES of {prefix.name} are the same frame ({given['ED']})")
         for phase in PHASES:
             t = given[phase]
             if t is not None:

@@ -31,7 +31,7 @@ import numpy as np
 from ...errors import DataError
 from ..labels import BACKGROUND, LV, MYO, RV
 from ..subject import Subject
-from .base import READERS, Reader, load_label_nifti, load_nifti, to_4d
+from .base import READERS, Reader, is_label_file, load_label_nifti, load_nifti, to_4d
 from .mnms import csv_int, ed_es_by_lv_volume, read_info_csvs
 
 LABEL_NAMES: dict[str, int] = {}
@@ -108,7 +108,9 @@ class NiftiFolderReader(Reader):
                 suffix = f"_0000{ending}"
                 ids += sorted(f"{sub}/{p.name[: -len(suffix)]}" for p in (root / sub).glob(f"*{suffix}"))
             return ids
-        files = [p for p in root.rglob("*") if p.name.endswith((".nii", ".nii.gz")) and p.is_file()]
+        # label maps (``*_gt``, ``*_seg``, ``labels*``, labelsTr/) are never taken as unlabeled images
+        files = [p for p in root.rglob("*") if p.name.endswith((".nii", ".nii.gz")) and p.is_file()
+                 and not is_label_file(p)]
         return sorted(_strip_ext(str(p.relative_to(root))) for p in files)
 
     def _dataset(self, root: Path) -> tuple[dict[int, int], dict]:
@@ -121,6 +123,7 @@ class NiftiFolderReader(Reader):
     def load(self, root: Path, subject_id: str) -> Subject:
         root = Path(root)
         labels: dict[int, np.ndarray] = {}
+        label_path: Path | None = None
         extra: dict = {}
         if (root / "dataset.json").is_file():
             mapping, meta = self._dataset(root)
@@ -149,6 +152,11 @@ class NiftiFolderReader(Reader):
             if t is not None and t >= image.shape[3]:
                 raise DataError(csv_path, f"{what} of {case} is {t} (0-based), but {image_path.name} has "
                                           f"{image.shape[3]} frames")
+            if t is not None and labels and t not in labels:
+                raise DataError(csv_path, f"{what} of {case} is frame {t}, which has no labels in "
+                                          f"{label_path.name}; labeled frames are {sorted(labels)}")
+        if ed is not None and ed == es:
+            raise DataError(csv_path, f"ed_frame and es_frame of {case} are the same frame ({ed})")
         if ed is None and es is None and image.shape[3] > 1:
             ed, es = ed_es_by_lv_volume(labels)
         known = {"subject", "dataset", "vendor", "centre", "center", "pathology", "ed_frame", "es_frame", "view"}

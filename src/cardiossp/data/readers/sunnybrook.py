@@ -38,7 +38,7 @@ from skimage.draw import polygon
 from ...errors import DataError
 from ..labels import LV, MYO
 from ..subject import Subject
-from .base import READERS, Reader
+from .base import READERS, Reader, check_claim, check_not_constant
 from .mnms import vendor_letter
 
 _CONTOUR = re.compile(r"^IM-(\d+)-(\d+)-(icontour|ocontour|p1contour|p2contour)-manual\.txt$")
@@ -56,6 +56,30 @@ def file_number(path: Path, ds) -> int:
     return int(ds.InstanceNumber)
 
 
+def check_dicom_claim(path: Path, ds) -> None:
+    """Refuse a DICOM header whose Rows x Columns x NumberOfFrames x SamplesPerPixel image cannot be in
+    its PixelData (uncompressed transfer syntaxes) or exceeds ``MAX_VOXELS``, before decoding it."""
+    if "PixelData" not in ds:
+        raise DataError(path, "no PixelData: not an image")
+    try:
+        shape = [int(ds.Rows), int(ds.Columns), int(ds.get("NumberOfFrames", 1) or 1),
+                 int(ds.get("SamplesPerPixel", 1) or 1)]
+        bits = int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError) as e:
+        raise DataError(path, f"cannot read the image size from the DICOM header: {e}") from None
+    if bits not in (1, 8, 16, 32, 64):
+        raise DataError(path, f"BitsAllocated {bits} is not 1, 8, 16, 32 or 64")
+    meta = getattr(ds, "file_meta", None)
+    syntax = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    compressed = bool(getattr(syntax, "is_compressed", False))
+    if bits == 1:  # packed bits: compare bytes
+        shape, itemsize = [max(1, (int(np.prod(shape, dtype=object)) + 7) // 8)], 1
+    else:
+        itemsize = bits // 8
+    # encapsulated (JPEG, RLE, ...) PixelData has no safe expansion bound: the voxel limit only
+    check_claim(path, shape, itemsize, raw_bytes=None if compressed else len(ds.PixelData), holder="its PixelData")
+
+
 def read_series(folder: Path) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[int, int]], dict]:
     """Read one DICOM cine folder -> (image (X, Y, Z, T) float32, affine RAS 4x4, file number -> (z, t), info)."""
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".dcm")
@@ -67,9 +91,15 @@ def read_series(folder: Path) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[i
         for f in files:
             try:
                 ds = pydicom.dcmread(f)
-                px = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
             except (InvalidDicomError, OSError, ValueError, AttributeError, EOFError) as e:
                 raise DataError(f, f"cannot read DICOM image: {e}") from None
+            check_dicom_claim(f, ds)
+            try:
+                px = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
+            except (InvalidDicomError, OSError, ValueError, AttributeError, EOFError, KeyError) as e:
+                raise DataError(f, f"cannot read DICOM image: {e}") from None
+            except MemoryError:
+                raise DataError(f, "not enough memory to decode its pixel data") from None
             for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
                 if tag not in ds:
                     raise DataError(f, f"missing DICOM tag {tag} (needed for the geometry)")
@@ -109,6 +139,7 @@ def read_series(folder: Path) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[i
             image[:, :, z, t] = px.T
             index[file_number(f, ds)] = (z, t)
 
+    check_not_constant(folder, image, "DICOM series")
     ds0 = slices[0][0][1]
     ps_row, ps_col = (float(v) for v in ds0.PixelSpacing)  # row spacing (between rows), column spacing
     ipp = [np.array(s[0][1].ImagePositionPatient, dtype=np.float64) for s in slices]
@@ -219,6 +250,9 @@ class SunnybrookReader(Reader):
             common = sorted(set.intersection(*(set(v) for v in labeled.values()))) or list(range(n_z))
             vol = {t: int((lab[:, :, common] == LV).sum()) for t, lab in labels.items()}
             ed, es = max(vol, key=vol.get), min(vol, key=vol.get)
+            if ed == es:
+                raise DataError(cfolder, f"cannot tell ED from ES: the {len(labels)} contoured phases of "
+                                         f"{subject_id} have the same LV area ({vol[ed]} pixels)")
         original = cfolder.name if cfolder is not None else None
         spacing = tuple(float(np.linalg.norm(affine[:3, i])) for i in range(3))
         return Subject(
