@@ -68,3 +68,15 @@ def test_run_page_renders_in_headless_chromium(evaluated_run, tmp_path):
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.shape == (1600, 1200)
     assert pixels.std() > 10 and (pixels < 100).mean() > 0.005  # text, lines and images, not a blank page
+
+
+def test_report_command(evaluated_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from cardiossp.cli import app
+
+    r = CliRunner().invoke(app, ["report", str(evaluated_run), "--out", str(tmp_path / "r.html")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "r.html").read_text().startswith("<!doctype html>")
+    r = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert r.exit_code == 2 and "neither a campaign folder" in r.output

@@ -88,3 +88,28 @@ def test_analyse_refuses_a_single_frame(tmp_path):
     with pytest.raises(DataError, match="one.nii.gz.*needs a cine"):
         analyse_files(seg, [path], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_analyse_command(tmp_path):
+    import torch
+    from typer.testing import CliRunner
+
+    from cardiossp.cli import app
+    from cardiossp.config import TrainConfig, load_config, save_run_config
+    from cardiossp.train.segmentation import SegmentationModule
+
+    cfg = load_config(TrainConfig, "train", "tiny", {"model.n_stages": 3, "model.base_features": 4,
+                                                     "model.max_features": 8})
+    module = SegmentationModule(cfg)
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()},
+               tmp_path / "run" / "checkpoints" / "last.ckpt")
+    save_run_config(cfg, tmp_path / "run")
+    s = make_phantom_subject(1, size=48, n_slices=3, n_frames=3)
+    nib.save(nib.Nifti1Image(s.image, s.affine), str(tmp_path / "c.nii.gz"))
+    (tmp_path / "ph.csv").write_text("name,ED,ES\nc,0,1\n")
+    r = CliRunner().invoke(app, ["analyse", str(tmp_path / "c.nii.gz"), "--model", str(tmp_path / "run"),
+                                 "--out", str(tmp_path / "out"), "--phases", str(tmp_path / "ph.csv"),
+                                 "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "c: ED 0, ES 1 (given)" in r.output and (tmp_path / "out" / "c" / "volumes.csv").is_file()
