@@ -13,7 +13,7 @@ compares B with A:
 
 The kill point is counted in progress events, not seconds, so it lands inside the work however slow the
 machine: the k-th finished subject (``meta.json``) of prepare, the t-th optimizer step shown by the
-training progress bar (after the first ``last.ckpt``, before the last step), or the s-th step of the r-th
+training progress lines (after the first ``last.ckpt``, before the last step), or the s-th step of the r-th
 run of the campaign; then a seeded extra delay of at most a few tens of milliseconds. Each test asserts
 the process was still running when killed and that its output was incomplete.
 """
@@ -40,7 +40,7 @@ import yaml
 # in-process tests (conftest ``one_thread``) do; tiny nets on a 2-core machine are fastest on one thread.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
 TIMEOUT = 300  # seconds any one subprocess may take before the test fails (a hang must not block CI)
-STEP = re.compile(r"Epoch (\d+):\s+\d+%\|[^|\r\n]*\|\s*(\d+)/(\d+)")  # Lightning's TQDM training bar
+STEP = re.compile(r"^step (\d+)/(\d+) ", re.M)  # the training progress lines off a terminal (engine.LineProgress)
 WALL_CLOCK = ("seconds", "slices_per_second")  # done.json fields that measure time, not the result
 
 
@@ -116,12 +116,9 @@ def procs(tmp_path):
 
 
 def steps_shown(text: str) -> int:
-    """Optimizer steps done, from the last training progress bar update: epoch * steps_per_epoch + n."""
+    """Optimizer steps done, from the last training progress line (``step t/total ...``, one a step here)."""
     shown = STEP.findall(text)
-    if not shown:
-        return 0
-    epoch, n, per_epoch = (int(g) for g in shown[-1])
-    return epoch * per_epoch + n
+    return int(shown[-1][0]) if shown else 0
 
 
 def state_dict(path: Path) -> dict[str, torch.Tensor]:

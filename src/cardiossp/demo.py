@@ -2,10 +2,10 @@
 
 Runs the ``smoke`` experiment plan (prepare -> split -> pretrain MIM -> train from scratch and
 fine-tune from MIM at two label budgets, plus one run of each other study -> evaluate on the
-test subjects in native geometry -> results.csv, tables.md, plots) and draws prediction overlays
-of scratch vs MIM on a test subject. It shows the pipeline works, not what a method is worth
-(``cardiossp experiment acdc-cpu`` for that). With ``data`` the same studies run on a real
-dataset with the cpu presets.
+test subjects in native geometry -> results.csv, tables.md, plots), draws prediction overlays
+of scratch vs MIM on a test subject and ends with the path of its HTML page (``report.html``).
+It shows the pipeline works, not what a method is worth (``cardiossp experiment acdc-cpu`` for that).
+With ``data`` the same studies run on a real dataset with the cpu presets.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from .data.splits import load_split
 from .experiments import load_plan, run_campaign, write_report
 from .experiments.execute import LocalExecutor
 from .experiments.overlays import overlay_figure
+from .html_report import write_html_report
 
 
 def demo_plan(data: str | Path | None, reader: str):
@@ -52,4 +53,6 @@ def run_demo(out: str | Path, data: str | Path | None = None, reader: str = "pha
     report["overlays"] = []
     if runs and split["test"]:
         report["overlays"] = overlay_figure(SliceCache(out / "cache"), split["test"][0], runs, out / "plots")
+    report["html"] = write_html_report(out)
+    say(f"report: {report['html']}")
     return report

@@ -12,6 +12,12 @@ the preprocessing of de Mooij et al. 2024 and its inverse:
 
 Labels use the internal convention 0 background, 1 LV, 2 MYO, 3 RV.
 Files in, files out: ``cardiossp.predict.predict_files``.
+
+Where the grid comes from: the checkpoint's own record (``checkpoint["cardiossp"]``,
+``train.segmentation.model_record``, in every checkpoint trained since it existed, and in a
+``cardiossp export --format cardiossp`` file), so a run folder or a model file works on any machine;
+only for an older checkpoint without one, the run's training cache (``config.yaml`` -> ``cache.json``),
+else a warning and 1.25 mm / 256 px.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from .errors import CheckpointError, ConfigError, DataError
 from .models.weights import fit_state_dict, load_torch_file
 
 DEFAULT_SPACING, DEFAULT_SIZE = 1.25, 256
+RECORD_KEY = "cardiossp"  # the entry of a checkpoint / model file holding its model record
+MODEL_FILE_FORMAT = "cardiossp-model-file-1"  # train.export.export_model: {format, config, state_dict, cardiossp}
 
 
 # ---------------------------------------------------------------- checkpoints and run folders
@@ -78,6 +86,8 @@ def checkpoint_kind(obj) -> tuple[str | None, str | None]:
         return None, None
     if obj.get("format") == "cardiossp-pretrained-1":
         return "pretrained", obj.get("method")
+    if obj.get("format") == MODEL_FILE_FORMAT:
+        return "segmentation", None
     hp = obj.get("hyper_parameters")
     cfg = hp.get("cfg") if isinstance(hp, dict) else None
     if isinstance(cfg, dict) and "method" in cfg:
@@ -125,7 +135,9 @@ def _build(cfg: TrainConfig) -> nn.Module:
     return build_segmentation_model(cfg, load_encoder_weights=False)  # the checkpoint holds every weight
 
 
-def _load(path: str | Path) -> tuple[TrainConfig, dict[str, torch.Tensor], nn.Module, Path]:
+def _load(path: str | Path) -> tuple[TrainConfig, dict[str, torch.Tensor], nn.Module, Path, dict | None]:
+    """(config, network state dict, model with it loaded, checkpoint file, model record or None) of a
+    Lightning checkpoint of a training run or of an exported model file."""
     ckpt = resolve_checkpoint(path)
     obj = load_torch_file(ckpt, "checkpoint")
     kind, method = checkpoint_kind(obj)
@@ -134,22 +146,57 @@ def _load(path: str | Path) -> tuple[TrainConfig, dict[str, torch.Tensor], nn.Mo
                 else f"a checkpoint of a {method} pretraining run")
         src = ckpt if kind == "pretrained" else (run_folder(ckpt) or ckpt)
         raise CheckpointError(f"{ckpt}: {_PRETRAINING_NOT_SEGMENTATION.format(what=what, src=src)}")
-    hp = obj.get("hyper_parameters") if isinstance(obj, dict) else None
-    state = obj.get("state_dict") if isinstance(obj, dict) else None
-    if not isinstance(hp, dict) or not isinstance(hp.get("cfg"), dict) or not isinstance(state, dict):
-        raise CheckpointError(f"{ckpt}: not a cardiossp segmentation checkpoint (needs hyper_parameters.cfg "
-                              f"and state_dict)")
+    if isinstance(obj, dict) and obj.get("format") == MODEL_FILE_FORMAT:  # an exported model file
+        cfg_dict, weights = obj.get("config"), obj.get("state_dict")
+        if not isinstance(cfg_dict, dict) or not isinstance(weights, dict) or not weights:
+            raise CheckpointError(f"{ckpt}: damaged cardiossp model file (needs config and state_dict)")
+    else:
+        hp = obj.get("hyper_parameters") if isinstance(obj, dict) else None
+        state = obj.get("state_dict") if isinstance(obj, dict) else None
+        if not isinstance(hp, dict) or not isinstance(hp.get("cfg"), dict) or not isinstance(state, dict):
+            raise CheckpointError(f"{ckpt}: not a cardiossp segmentation checkpoint (needs hyper_parameters.cfg "
+                                  f"and state_dict)")
+        cfg_dict = hp["cfg"]
+        weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        if not weights:
+            raise CheckpointError(f"{ckpt}: state_dict holds no 'model.*' weights: not a cardiossp segmentation "
+                                  "checkpoint")
     try:
-        cfg = from_dict(TrainConfig, hp["cfg"], f"{ckpt}:cfg")
+        cfg = from_dict(TrainConfig, cfg_dict, f"{ckpt}:cfg")
         model = _build(cfg)
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{ckpt}: its config cannot build a model: {e}") from None
-    weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    if not weights:
-        raise CheckpointError(f"{ckpt}: state_dict holds no 'model.*' weights: not a cardiossp segmentation checkpoint")
     fit_state_dict(model, weights, str(ckpt)).require_exact("weights do not fit the architecture in its config")
     model.load_state_dict(weights)
-    return cfg, weights, model, ckpt
+    return cfg, weights, model, ckpt, read_model_record(obj, ckpt, cfg)
+
+
+def read_model_record(obj, ckpt: str | Path = "", cfg: TrainConfig | None = None) -> dict | None:
+    """The model record of a loaded checkpoint or model file (``obj["cardiossp"]``), checked: None for a
+    checkpoint written before records existed; a CheckpointError when it is there but unusable (no valid
+    grid, a normalisation this code does not do, another task than the config's)."""
+    record = obj.get(RECORD_KEY) if isinstance(obj, dict) else None
+    if record is None:
+        return None
+    try:
+        grid = record["grid"]
+        spacing, size = float(grid["spacing_mm"]), int(grid["size_px"])
+    except (TypeError, KeyError, ValueError):
+        raise CheckpointError(f"{ckpt}: damaged model record (no grid spacing_mm / size_px)") from None
+    if not (np.isfinite(spacing) and spacing > 0 and size > 0):
+        raise CheckpointError(f"{ckpt}: model record grid {spacing} mm / {size} px is not a grid")
+    norm = (record.get("normalisation") or {}).get("method", "zscore")
+    if norm != "zscore":
+        raise CheckpointError(f"{ckpt}: the model expects {norm!r} normalisation; this cardiossp does zscore only")
+    if cfg is not None and record.get("task", cfg.data.task) != cfg.data.task:
+        raise CheckpointError(f"{ckpt}: model record task {record.get('task')!r} differs from its config's "
+                              f"{cfg.data.task!r}")
+    return record
+
+
+def record_grid(record: dict) -> tuple[float, int]:
+    """(spacing mm, size px) of a checked model record."""
+    return float(record["grid"]["spacing_mm"]), int(record["grid"]["size_px"])
 
 
 def load_checkpoint(path: str | Path) -> tuple[TrainConfig, dict[str, torch.Tensor]]:
@@ -159,7 +206,7 @@ def load_checkpoint(path: str | Path) -> tuple[TrainConfig, dict[str, torch.Tens
     Returns the TrainConfig and the network's state dict (keys of PlainConvUNet, ``model.``
     stripped), verified against the architecture the config builds.
     """
-    cfg, weights, _, _ = _load(path)
+    cfg, weights, _, _, _ = _load(path)
     return cfg, weights
 
 
@@ -188,6 +235,7 @@ class Segmenter:
 
     ``spacing``/``size``: the training cache's in-plane grid (mm, px). The network sees the
     whole S x S slice; sizes not divisible by the network's stride product are padded.
+    ``record``: the checkpoint's model record (``train.segmentation.model_record``), None for an old one.
     """
 
     def __init__(self, model: nn.Module, spacing: float = DEFAULT_SPACING, size: int = DEFAULT_SIZE,
@@ -205,27 +253,36 @@ class Segmenter:
         self.spacing, self.size = float(spacing), int(size)
         self.tta, self.largest_component, self.batch_size, self.cfg = tta, largest_component, int(batch_size), cfg
         self.checkpoint: Path | None = None
+        self.record: dict | None = None
         self.num_classes = task_num_classes(cfg.data.task) if cfg is not None else NUM_CLASSES  # output channels
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", tta: bool = False,
                         largest_component: bool = False, batch_size: int = 32,
                         spacing: float | None = None, size: int | None = None) -> "Segmenter":
-        """Load a run folder or ``.ckpt``; the grid comes from the run's cache (``config.yaml`` -> ``cache.json``)."""
-        cfg, _, model, ckpt = _load(path)
-        grid = None
+        """Load a run folder, a ``.ckpt`` or an exported model file (``cardiossp export --format cardiossp``).
+
+        The grid (unless ``spacing`` / ``size`` are given) is the checkpoint's record; for an old checkpoint
+        without one, the run's training cache (``config.yaml`` -> ``cache.json``); without that too, a warning
+        and 1.25 mm / 256 px."""
+        cfg, _, model, ckpt, record = _load(path)
+        grid = record_grid(record) if record is not None else None
         run = run_folder(ckpt)
-        if run is not None and spacing is None and size is None:
-            cache = read_run_config(run).get("cache")
+        if grid is None and run is not None and (spacing is None or size is None):
+            try:
+                cache = read_run_config(run).get("cache")
+            except ConfigError:
+                cache = None
             grid = cache_grid(cache) if cache else None
         if grid is None and (spacing is None or size is None):
-            warnings.warn(f"{ckpt}: training cache grid unknown (run config.yaml / cache.json unavailable); "
-                          f"using {DEFAULT_SPACING} mm / {DEFAULT_SIZE} px", stacklevel=2)
+            warnings.warn(f"{ckpt}: training grid unknown (a checkpoint without a model record, and its run's "
+                          f"config.yaml / training cache.json unavailable); using {DEFAULT_SPACING} mm / "
+                          f"{DEFAULT_SIZE} px", stacklevel=2)
             grid = (DEFAULT_SPACING, DEFAULT_SIZE)
         sp = spacing if spacing is not None else grid[0]
         sz = size if size is not None else grid[1]
         seg = cls(model, sp, sz, device, tta, largest_component, batch_size, cfg)
-        seg.checkpoint = ckpt
+        seg.checkpoint, seg.record = ckpt, record
         return seg
 
     # -- network

@@ -38,6 +38,8 @@ def test_demo_writes_results_tables_plots_and_overlays(demo_dir):
         assert (demo_dir / "plots" / f"{name}.png").stat().st_size > 1000
         assert (demo_dir / "plots" / f"{name}.svg").is_file()
     assert list((demo_dir / "plots").glob("overlay_*.png"))
+    page = (demo_dir / "report.html").read_text()
+    assert page.count("<table") >= 2 and page.count("data:image/png;base64,") >= 2
 
 
 def test_finished_demo_campaign_has_nothing_left_to_run(demo_dir):

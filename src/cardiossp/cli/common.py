@@ -10,6 +10,7 @@ Any other exception is a bug and keeps its traceback. It works the same through 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import sys
@@ -188,3 +189,33 @@ def print_table(df, title: str = "") -> None:
     for row in df.itertuples(index=False):
         table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
     Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+@contextlib.contextmanager
+def subject_progress(what: str):
+    """A progress callback ``update(name, i, n, note="")`` for work done item by item (subjects, files).
+
+    On a terminal: a transient Rich bar. Anywhere else (a cluster job's log, CI, a pipe): one plain line per
+    item on stderr, ``<what> i/n (p%) <name> <note> | <elapsed> elapsed, ETA <eta>`` (``progress.ProgressLines``),
+    never a carriage return. ``prepare`` passes ``lambda sid, i, n, reused: update(sid, i, n, "(cached)" if
+    reused else "")``; ``evaluate`` and ``predict`` pass ``update`` itself (their callbacks are ``(name, i, n)``)."""
+    if console.is_terminal:
+        from rich.progress import Progress
+
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task(what, total=None)
+
+            def update(name, i: int, n: int, note: str = "") -> None:
+                bar.update(task, completed=i, total=n, description=f"{name}{' ' + note if note else ''}")
+
+            yield update
+        return
+    from ..progress import ProgressLines, stderr_line
+
+    lines = ProgressLines(0, what, emit=stderr_line, every=1)  # the clock starts now
+
+    def update(name, i: int, n: int, note: str = "") -> None:
+        lines.total = int(n)
+        lines.update(int(i), f"{name}{' ' + note if note else ''}")
+
+    yield update

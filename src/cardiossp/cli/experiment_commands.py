@@ -30,7 +30,8 @@ def experiment(
     studies: Optional[str] = typer.Option(None, help="only these studies: label_budget,phase,domain,augmentation"),
     shard: Optional[str] = typer.Option(None, help="I/N: run only this share of the runs (job arrays)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and their status; run nothing"),
-    progress: bool = typer.Option(False, help="show each run's progress bar"),
+    progress: bool = typer.Option(False, help="show each run's training progress: a bar on a terminal, plain "
+                                  "lines elsewhere (every run keeps its own RUN/train.log either way)"),
     device: str = typer.Option("auto", help="where test subjects are segmented: auto, cpu or cuda"),
     num_nodes: int = typer.Option(1, help="machines every pretraining and training run spans (DDP; start "
                                   "the command on every node)"),

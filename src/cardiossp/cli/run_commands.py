@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import CardiosspError, ConfigError
-from .common import app, console, fail, print_table
+from .common import app, console, fail, print_table, subject_progress
 
 OVERRIDE_HELP = "override a config value, e.g. --set optim.lr=0.02 (repeatable)"
 NUM_NODES_HELP = ("machines of a multi-node DDP run (world = num-nodes x devices); start the command on every "
@@ -110,8 +110,9 @@ def evaluate(
     from ..evaluate.run import evaluate_run
 
     try:
-        summary = evaluate_run(run, split=split, subset=subset, tta=tta, largest_component=largest_component,
-                               device=device)
+        with subject_progress("evaluate") as update:  # a bar on a terminal, else one line per subject
+            summary = evaluate_run(run, split=split, subset=subset, tta=tta, largest_component=largest_component,
+                                   device=device, progress=update)
     except CardiosspError as e:
         fail(e)
     import pandas as pd
@@ -123,44 +124,68 @@ def evaluate(
 
 @app.command()
 def predict(
-    inputs: list[Path] = typer.Argument(..., help="NIfTI files (3D or 4D), folders of them, or DICOM series folders"),
+    inputs: list[Path] = typer.Argument(..., help="images (3D or 4D: .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd), "
+                                        "folders of them, or DICOM series folders"),
     model: Path = typer.Option(..., help="training run folder or checkpoint"),
-    out: Path = typer.Option(..., help="output folder for <name>_seg.nii.gz"),
+    out: Path = typer.Option(..., help="output folder for <name>_seg.nii.gz (.nrrd / .mha for those inputs)"),
     tta: bool = typer.Option(False, help="mirror test-time augmentation"),
     largest_component: bool = typer.Option(False, help="keep the largest connected component per class"),
     device: str = typer.Option("auto", help="auto (CUDA when there is one), cpu or cuda[:N]"),
+    labels: str = typer.Option("internal", help="label values written: internal (1 LV, 2 MYO, 3 RV), acdc "
+                               "(1 RV, 2 MYO, 3 LV), mnms, mnms2, or a YAML file of internal -> output, "
+                               "e.g. {LV: 3, MYO: 2, RV: 1}"),
+    series: Optional[str] = typer.Option(None, help="SeriesInstanceUID to read from DICOM folders that hold "
+                                         "several series"),
 ) -> None:
-    """Segment new images; outputs keep each input's shape and affine (labels 1 LV, 2 MYO, 3 RV)."""
+    """Segment new images; outputs lie on each input's grid (labels 1 LV, 2 MYO, 3 RV unless --labels)."""
     from rich.progress import Progress
 
+    from ..data.labels import output_convention
     from ..inference import Segmenter
     from ..predict import predict_files
 
     try:
+        convention = output_convention(labels)  # a bad --labels fails before the model loads
         seg = Segmenter.from_checkpoint(model, tta=tta, device=device)
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task("predict", total=None)
             written = predict_files(seg, inputs, out, tta=tta, largest_component=largest_component,
+                                    labels=convention, series=series,
                                     progress=lambda name, i, n: bar.update(task, completed=i, total=n,
                                                                            description=str(name)))
     except CardiosspError as e:
         fail(e)
-    console.print(f"wrote {len(written)} segmentations to {out}")
+    console.print(f"wrote {len(written)} segmentations to {out} ({convention.name} labels)")
 
 
 @app.command()
 def export(
-    run: Path = typer.Option(..., help="training or pretraining run folder"),
-    out: Path = typer.Option(..., help="file to write (.pth)"),
-    format: str = typer.Option("nnunet", help="nnunet: weights for nnU-Net v2's PlainConvUNet"),
+    run_arg: Optional[Path] = typer.Argument(None, metavar="RUN", help="training run folder (or checkpoint / "
+                                             "model file); a pretraining run for --format nnunet"),
+    run: Optional[Path] = typer.Option(None, "--run", help="the same as RUN"),
+    out: Path = typer.Option(..., help="file to write, e.g. model.pt (cardiossp) or weights.pth (nnunet)"),
+    format: str = typer.Option("nnunet", help="cardiossp: one shareable model file (weights + grid, "
+                               "normalisation, labels, config) for predict --model FILE; nnunet: weights for "
+                               "nnU-Net v2's PlainConvUNet"),
 ) -> None:
-    """Export weights that nnU-Net v2 loads (everything but the segmentation layers)."""
-    from ..train.export import export_nnunet
+    """Export a model: one file `cardiossp predict --model FILE` uses anywhere (--format cardiossp), or the
+    weights nnU-Net v2 loads (--format nnunet: everything but the segmentation layers). A SHA-256 sidecar
+    (FILE.sha256) goes next to either."""
+    from ..train.export import export_model, export_nnunet
 
-    if format != "nnunet":
-        fail(CardiosspError(f"unknown export format {format!r}; only 'nnunet'"))
+    if format not in ("cardiossp", "nnunet"):
+        fail(CardiosspError(f"unknown export format {format!r}; choose cardiossp or nnunet"))
+    if (run_arg is None) == (run is None):
+        fail(CardiosspError("give the run once: cardiossp export RUN --out FILE (or --run RUN)"))
+    src = run_arg if run_arg is not None else run
     try:
-        n = export_nnunet(run, out)
+        if format == "cardiossp":
+            record = export_model(src, out)
+            g = record["grid"]
+            console.print(f"wrote {out} ({record['task']} model, {g['spacing_mm']} mm / {g['size_px']} px grid, "
+                          f"classes {', '.join(record['labels']['class_names'][1:])})")
+            return
+        n = export_nnunet(src, out)
     except CardiosspError as e:
         fail(e)
     console.print(f"wrote {n} tensors to {out}")

@@ -1,9 +1,15 @@
 """The one place that builds a Lightning Trainer: precision, devices/DDP, checkpoints, loggers,
-progress, per-epoch log lines. Segmentation training and pretraining both use it."""
+progress, per-epoch log lines. Segmentation training and pretraining both use it.
+
+Progress: on a terminal (stderr a TTY) Lightning's Rich bar; anywhere else (a cluster job's log, CI, a
+pipe) no bar but ``LineProgress``: one plain line every ~1/40 of the run or 60 s (step/total, epoch,
+mean loss, elapsed, ETA), never a carriage return. The lines also go to the ``cardiossp.train`` logger
+(``RUN/train.log``, ``train.run.TrainLog``) whether they are shown or not."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import time
@@ -12,11 +18,14 @@ from pathlib import Path
 import lightning as L
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
 from ..atomic import write_csv
 from ..errors import ConfigError
+from ..progress import ProgressLines, stderr_line
+
+log = logging.getLogger("cardiossp.train")
 
 CPUINFO = Path("/proc/cpuinfo")
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 flags of native bf16 arithmetic (Cooper Lake, Sapphire Rapids+)
@@ -125,8 +134,66 @@ def _cluster_world_size() -> int:
     return 1
 
 
+class LineProgress(Callback):
+    """Plain training progress (``progress.ProgressLines``), rank 0 only: a start line (steps, epochs,
+    device, precision, processes), then ``step t/total (p%) epoch e/E loss L | elapsed, ETA`` every
+    ``every`` optimizer steps (default: ~40 lines a run) or ``seconds``, and at the last step; ``loss`` is
+    the mean training loss of the steps since the previous line. Every line goes to the ``cardiossp.train``
+    logger, and to stderr when ``echo``."""
+
+    def __init__(self, echo: bool = True, every: int | None = None, seconds: float = 60.0, emit=None):
+        self.echo, self.every, self.seconds = echo, every, seconds
+        self._emit_fn = emit or stderr_line
+        self.lines: ProgressLines | None = None
+        self._loss, self._n = None, 0
+
+    def emit(self, line: str) -> None:
+        log.info(line)
+        if self.echo:
+            self._emit_fn(line)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.global_rank != 0:
+            return
+        total, start = _total_steps(trainer), int(trainer.global_step)
+        self.lines = ProgressLines(total, "step", self.emit, every=self.every, seconds=self.seconds, start=start)
+        self._loss, self._n = None, 0
+        per_epoch = trainer.num_training_batches
+        self.emit(f"training {total} steps ({trainer.max_epochs} epochs x {per_epoch} steps)"
+                  f"{f', resumed at step {start}' if start else ''} on {pl_module.device}, precision "
+                  f"{trainer.precision}, {trainer.world_size} process{'es' if trainer.world_size > 1 else ''}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.lines is None or trainer.global_rank != 0:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach().float()
+            self._loss = loss if self._loss is None else self._loss + loss
+            self._n += 1
+        step = int(trainer.global_step)
+
+        def detail() -> str:
+            text = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+            if self._n:
+                text += f" loss {float(self._loss) / self._n:.4g}"  # one device sync per line, not per step
+            return text
+
+        if self.lines.update(step, detail) is not None:
+            self._loss, self._n = None, 0
+
+
+def _total_steps(trainer) -> int:
+    try:
+        total = trainer.estimated_stepping_batches
+    except Exception:  # noqa: BLE001 - a loader without a length: unknown
+        return 0
+    return int(total) if math.isfinite(total) else 0
+
+
 class EpochLine(Callback):
-    """One readable line per epoch (the CSV logger keeps the parseable record)."""
+    """One readable line per epoch (the CSV logger keeps the parseable record); also to the
+    ``cardiossp.train`` logger (``RUN/train.log``)."""
 
     def __init__(self, print_fn=None):
         self.print_fn = print_fn or (lambda line: print(line, flush=True))
@@ -145,8 +212,9 @@ class EpochLine(Callback):
         m = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         keep = [k for k in m if k.endswith("_epoch") or k.startswith("val_") or k == "lr"]
         parts = " ".join(f"{k.replace('_epoch', '')} {m[k]:.4g}" for k in sorted(keep))
-        self.print_fn(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} {parts} "
-                      f"({time.time() - self._t0:.1f} s)")
+        line = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} {parts} ({time.time() - self._t0:.1f} s)"
+        log.info(line)
+        self.print_fn(line)
 
 
 def build_trainer(
@@ -168,6 +236,8 @@ def build_trainer(
 ) -> L.Trainer:
     """Checkpoints go to ``out/checkpoints`` (``last.ckpt`` every epoch, ``best.ckpt`` by ``monitor``),
     metrics to ``out/logs/metrics.csv``; ``loggers`` adds any of tensorboard, wandb, mlflow.
+    ``progress``: Lightning's Rich bar when stderr is a terminal, else ``LineProgress`` lines on stderr
+    (with ``progress=False`` neither; the lines still reach the ``cardiossp.train`` logger).
 
     Whenever the run may have more than one process (:func:`may_be_distributed`) the strategy is
     ``DDPStrategy(find_unused_parameters=...)`` (NCCL on GPUs, gloo on the CPU), with
@@ -198,7 +268,8 @@ def build_trainer(
             logs.append(MLFlowLogger(run_name=out.name, save_dir=str(out / "mlruns")))
         else:
             raise ValueError(f"unknown logger {name!r}; choose tensorboard, wandb or mlflow")
-    bars = [RichProgressBar() if _rich_ok() else TQDMProgressBar()] if progress else []
+    bars = [RichProgressBar()] if progress and _rich_ok() else []  # off a terminal: lines, no frames
+    lines = LineProgress(echo=progress and not bars)
     strategy, ddp = "auto", may_be_distributed(devices, num_nodes, accelerator)
     if ddp:
         from lightning.pytorch.strategies import DDPStrategy
@@ -218,8 +289,8 @@ def build_trainer(
         check_val_every_n_epoch=val_every,
         num_sanity_val_steps=0,
         logger=logs,
-        callbacks=[*ckpts, *bars, EpochLine(), *(callbacks or [])],
-        enable_progress_bar=progress,
+        callbacks=[*ckpts, *bars, lines, EpochLine(), *(callbacks or [])],
+        enable_progress_bar=bool(bars),
         use_distributed_sampler=False,  # our SeededSampler shards by rank itself
         log_every_n_steps=10,
         limit_val_batches=limit_val_batches,
@@ -277,6 +348,10 @@ def kept_metrics(out: Path, resume: bool, enabled: bool = True):
 
 
 def _rich_ok() -> bool:
+    """Whether a live (carriage-return) progress bar suits stderr: a terminal, not a log file or pipe."""
     import sys
 
-    return sys.stderr.isatty()
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False

@@ -1,4 +1,13 @@
-"""Export weights in the layout nnU-Net v2 loads with ``nnunetv2.run.load_pretrained_weights``.
+"""Export a model: one shareable cardiossp model file, or weights in the layout nnU-Net v2 loads.
+
+``export_model`` (``cardiossp export --format cardiossp``): one file ``{"format": "cardiossp-model-file-1",
+"config": TrainConfig dict, "state_dict": network weights, "cardiossp": model record}`` (the record as in
+every checkpoint, ``segmentation.model_record``: grid, normalisation, labels, task, model, version, git
+SHA); ``Segmenter.from_checkpoint`` / ``cardiossp predict --model FILE`` load it anywhere, no run folder or
+cache needed. Plain types and tensors only, read with ``torch.load(weights_only=True)``.
+
+``export_nnunet`` (``--format nnunet``): weights in the layout nnU-Net v2 loads with
+``nnunetv2.run.load_pretrained_weights``.
 
 nnU-Net's rule: the file holds ``{"network_weights": state_dict}``; every key of the target
 network except those containing ``.seg_layers.`` must be present with the same shape.
@@ -7,7 +16,7 @@ pretrained tensors, completed by a fresh nnU-Net initialisation of the parts the
 does not pretrain (e.g. the decoder of an encoder-only method), since nnU-Net's loader
 requires every non-segmentation key.
 
-Next to the file goes its SHA-256 in ``<out>.sha256`` (``sha256sum`` format: ``sha256sum -c out.pth.sha256``
+Next to either file goes its SHA-256 in ``<out>.sha256`` (``sha256sum`` format: ``sha256sum -c out.pth.sha256``
 in its folder checks it; cardiossp checks it whenever it reads the file, ``models.weights``).
 """
 
@@ -17,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import ModelConfig, TrainConfig, from_dict
+from ..config import ModelConfig, TrainConfig, from_dict, to_dict
 from ..data.labels import NUM_CLASSES
 from ..errors import CheckpointError, ConfigError
 from ..models import build_from_config
@@ -66,3 +75,27 @@ def export_nnunet(run: str | Path, out: str | Path) -> int:
         raise CheckpointError(f"{run}: nothing to export")
     save_weights({"network_weights": state, "exported_by": "cardiossp", "source": str(run)}, out)
     return len(state)
+
+
+def export_model(run: str | Path, out: str | Path) -> dict:
+    """Write the cardiossp model file of a training run (its best / last checkpoint), a checkpoint or a model
+    file to ``out`` (atomically) and ``<out>.sha256``; returns its model record. A checkpoint written before
+    checkpoints carried a record gets one from its run's training cache (and the version and git SHA of its
+    config.yaml); without that cache its grid is unknown and it is refused."""
+    from ..inference import MODEL_FILE_FORMAT, RECORD_KEY, _load, cache_grid, read_run_config, run_folder
+    from .segmentation import model_record
+
+    cfg, weights, _, ckpt, record = _load(run)
+    if record is None:
+        folder = run_folder(ckpt)
+        doc = read_run_config(folder) if folder is not None else {}
+        grid = cache_grid(doc["cache"]) if doc.get("cache") else None
+        if grid is None:
+            raise CheckpointError(f"{ckpt}: a checkpoint without a model record (written by an older cardiossp) "
+                                  "and its run's training cache is unavailable, so its input grid is unknown; "
+                                  "export it where the cache named in its config.yaml exists")
+        record = model_record(cfg, *grid, version=doc.get("cardiossp_version"), git_sha=doc.get("git_sha"))
+    state = {k: v.detach().cpu().clone() for k, v in weights.items()}
+    save_weights({"format": MODEL_FILE_FORMAT, "config": to_dict(cfg), "state_dict": state, RECORD_KEY: record,
+                  "source": ckpt.name if run_folder(ckpt) is None else f"{run_folder(ckpt).name}/{ckpt.name}"}, out)
+    return record

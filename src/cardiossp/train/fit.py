@@ -6,7 +6,12 @@ Run folder::
     RUN/checkpoints/last.ckpt    every epoch (resume from here)
     RUN/checkpoints/best.ckpt    best validation pseudo-Dice
     RUN/logs/metrics.csv         every logged metric
+    RUN/train.log                what each session did and said (appended on resume; ``run.TrainLog``)
     RUN/done.json                written last: the run finished
+
+Both checkpoints describe their model (``segmentation.model_record``: input grid, normalisation, labels,
+task, model config, version, git SHA), so ``Segmenter.from_checkpoint`` needs neither this folder's
+config.yaml nor the training cache.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from ..models import deep_supervision_scales
 from ..semi import SEMI_METHODS
 from .run import RunSkeleton, seeded_loader
 from .sampling import PaddedEval, SeededSampler, ShardedEvalSampler
-from .segmentation import SegmentationModule
+from .segmentation import SegmentationModule, model_record
 
 
 def train_segmentation(
@@ -55,36 +60,37 @@ def train_segmentation(
     train_ds = LabeledSlices(sc, train_ids, d.phases, train_tf)
     val_ds = LabeledSlices(sc, sp["val"], ("ED", "ES"), val_transforms((sc.size,) * 2)) if sp["val"] else None
     semi = SEMI_METHODS.get(cfg.semi.method) if cfg.semi.method else None
-    run = RunSkeleton(out, resume, "done.json", cfg, monitor="val_dice" if val_ds else None, progress=progress,
-                      loggers=loggers, callbacks=_finetune_callbacks(cfg) + list(callbacks or []),
-                      find_unused_parameters=bool(semi and semi.find_unused_parameters))
-    sampler, batch, per_epoch = run.sampling(len(train_ds))
-    lr = cfg.finetune.lr if cfg.finetune.init else cfg.optim.lr
-    module = SegmentationModule(cfg, total_steps=per_epoch * run.epochs, lr=lr)
-    if cfg.finetune.init and not resume:
-        from .transfer import apply_finetune_init
+    with RunSkeleton(out, resume, "done.json", cfg, monitor="val_dice" if val_ds else None, progress=progress,
+                     loggers=loggers, callbacks=_finetune_callbacks(cfg) + list(callbacks or []),
+                     find_unused_parameters=bool(semi and semi.find_unused_parameters)) as run:
+        sampler, batch, per_epoch = run.sampling(len(train_ds))
+        lr = cfg.finetune.lr if cfg.finetune.init else cfg.optim.lr
+        module = SegmentationModule(cfg, total_steps=per_epoch * run.epochs, lr=lr)
+        module.describe(model_record(cfg, sc.spacing, sc.size))  # in every checkpoint: the model works anywhere
+        if cfg.finetune.init and not resume:
+            from .transfer import apply_finetune_init
 
-        apply_finetune_init(module, cfg.finetune)
-    train_loader = seeded_loader(train_ds, batch, d.num_workers, sampler)
-    facts = {}
-    if semi is not None:
-        pool = unlabeled_pool(sp, train_ids, cfg.subset)
-        unl_ds = UnlabeledSlices(sc, pool, transform=SeededParams(d.augment, patch) if on_device
-                                 else spatial_transforms(d.augment, patch))
-        bu = run.rank_batch(cfg.semi.unlabeled_batch_size or d.batch_size, "semi.unlabeled_batch_size")
-        unl_sampler = SeededSampler(len(unl_ds), cfg.seed + 1, num_samples=per_epoch * bu * run.world_size)
-        unl_loader = seeded_loader(unl_ds, bu, d.num_workers, unl_sampler)
-        train_loader = CombinedLoader({"labeled": train_loader, "unlabeled": unl_loader}, mode="min_size")
-        facts = {"semi": cfg.semi.method, "unlabeled_subjects": len(pool), "unlabeled_slices": len(unl_ds)}
-    run.save_config(cache=str(Path(cache).resolve()), split=str(Path(split).resolve()), train_subjects=train_ids,
-                    train_slices=len(train_ds), **facts)
-    val_loader = None
-    if val_ds is not None:  # each rank validates its share; the module reduces the counts once
-        val_loader = seeded_loader(PaddedEval(val_ds), batch, d.num_workers, ShardedEvalSampler(len(val_ds)))
-    run.fit(module, train_loader, val_loader)
-    if run.finished:
-        metrics = {k: float(v) for k, v in run.trainer.callback_metrics.items() if v.numel() == 1}
-        run.write_done(train_subjects=len(train_ids), metrics=metrics, **facts)
+            apply_finetune_init(module, cfg.finetune)
+        train_loader = seeded_loader(train_ds, batch, d.num_workers, sampler)
+        facts = {}
+        if semi is not None:
+            pool = unlabeled_pool(sp, train_ids, cfg.subset)
+            unl_ds = UnlabeledSlices(sc, pool, transform=SeededParams(d.augment, patch) if on_device
+                                     else spatial_transforms(d.augment, patch))
+            bu = run.rank_batch(cfg.semi.unlabeled_batch_size or d.batch_size, "semi.unlabeled_batch_size")
+            unl_sampler = SeededSampler(len(unl_ds), cfg.seed + 1, num_samples=per_epoch * bu * run.world_size)
+            unl_loader = seeded_loader(unl_ds, bu, d.num_workers, unl_sampler)
+            train_loader = CombinedLoader({"labeled": train_loader, "unlabeled": unl_loader}, mode="min_size")
+            facts = {"semi": cfg.semi.method, "unlabeled_subjects": len(pool), "unlabeled_slices": len(unl_ds)}
+        run.save_config(cache=str(Path(cache).resolve()), split=str(Path(split).resolve()), train_subjects=train_ids,
+                        train_slices=len(train_ds), **facts)
+        val_loader = None
+        if val_ds is not None:  # each rank validates its share; the module reduces the counts once
+            val_loader = seeded_loader(PaddedEval(val_ds), batch, d.num_workers, ShardedEvalSampler(len(val_ds)))
+        run.fit(module, train_loader, val_loader)
+        if run.finished:
+            metrics = {k: float(v) for k, v in run.trainer.callback_metrics.items() if v.numel() == 1}
+            run.write_done(train_subjects=len(train_ids), metrics=metrics, **facts)
     return run.out
 
 

@@ -10,11 +10,13 @@ world size (``engine.steps_per_epoch``), so the schedule spans the run on any nu
 processes and nodes. At the end the run writes
 ``RUN/pretrained.pt``: the method's transferable state in the segmentation model's key
 namespace, with the model config and method name (loaded with ``weights_only=True``), and its
-SHA-256 in ``RUN/pretrained.pt.sha256`` (checked by every load, ``models.weights``).
+SHA-256 in ``RUN/pretrained.pt.sha256`` (checked by every load, ``models.weights``). Every session
+appends to ``RUN/train.log`` (``run.TrainLog``).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -30,6 +32,8 @@ from ..models import build_from_config
 from ..models.weights import save_weights
 from ..ssp import SSP_METHODS, build_method, schedules
 from .run import RunSkeleton, seeded_loader
+
+log = logging.getLogger("cardiossp.train")
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -141,15 +145,16 @@ def pretrain(cfg: PretrainConfig, cache: str | Path, out: str | Path, split: str
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     probe = PretrainModule(cfg)
     dataset = UnlabeledSlices(sc, subjects, transform=probe.method.view_maker)
-    run = RunSkeleton(out, resume, "pretrained.pt", cfg, progress=progress, loggers=loggers,
-                      find_unused_parameters=method_cls.find_unused_parameters)
-    sampler, batch, per_epoch = run.sampling(len(dataset))
-    module = PretrainModule(cfg, total_steps=per_epoch * run.epochs, steps_per_epoch=per_epoch)
-    module.method.load_state_dict(probe.method.state_dict())
-    run.save_config(cache=str(Path(cache).resolve()), split=str(Path(split).resolve()) if split else None,
-                    pretrain_subjects=len(subjects), pretrain_slices=len(dataset))
-    run.fit(module, seeded_loader(dataset, batch, d.num_workers, sampler))
-    if run.finished:
-        save_weights(module.pretrained_record(), run.out / "pretrained.pt")  # + pretrained.pt.sha256
-        run.write_done(slices_per_second=run.trainer.global_step * d.batch_size / max(run.seconds, 1e-9))
+    with RunSkeleton(out, resume, "pretrained.pt", cfg, progress=progress, loggers=loggers,
+                     find_unused_parameters=method_cls.find_unused_parameters) as run:
+        sampler, batch, per_epoch = run.sampling(len(dataset))
+        module = PretrainModule(cfg, total_steps=per_epoch * run.epochs, steps_per_epoch=per_epoch)
+        module.method.load_state_dict(probe.method.state_dict())
+        run.save_config(cache=str(Path(cache).resolve()), split=str(Path(split).resolve()) if split else None,
+                        pretrain_subjects=len(subjects), pretrain_slices=len(dataset))
+        run.fit(module, seeded_loader(dataset, batch, d.num_workers, sampler))
+        if run.finished:
+            digest = save_weights(module.pretrained_record(), run.out / "pretrained.pt")  # + pretrained.pt.sha256
+            log.info(f"wrote {run.out / 'pretrained.pt'} (sha256 {digest})")
+            run.write_done(slices_per_second=run.trainer.global_step * d.batch_size / max(run.seconds, 1e-9))
     return run.out

@@ -4,13 +4,19 @@ epoch, the run config, the fit with kept metrics, and the finished marker.
 
 A run function reads as::
 
-    run = RunSkeleton(out, resume, "done.json", cfg, monitor="val_dice", ...)
-    sampler, batch, per_epoch = run.sampling(len(dataset))
-    module = make_module(total_steps=per_epoch * run.epochs)
-    run.save_config(cache=..., train_slices=...)
-    run.fit(module, run.loader(dataset, batch, sampler), val_loader)
-    if run.finished:
-        run.write_done(...)
+    with RunSkeleton(out, resume, "done.json", cfg, monitor="val_dice", ...) as run:
+        sampler, batch, per_epoch = run.sampling(len(dataset))
+        module = make_module(total_steps=per_epoch * run.epochs)
+        run.save_config(cache=..., train_slices=...)
+        run.fit(module, run.loader(dataset, batch, sampler), val_loader)
+        if run.finished:
+            run.write_done(...)
+
+``RUN/train.log`` (``TrainLog``, rank 0, appended to by every session of the run): everything the
+``cardiossp`` logger says while the run is open (e.g. what a fine-tuning start transferred), the start
+facts of each session (version and git SHA, config summary, devices, precision, resume point), the
+progress lines and one line per epoch (``engine.LineProgress`` / ``EpochLine``), and the end: the
+``done.json`` facts with the final metrics, or why the session stopped.
 
 Global-batch policy (as nnU-Net's DDP): ``data.batch_size`` is the global batch; each of the
 trainer's ``world_size`` processes takes ``batch_size / world_size`` slices a step, so the number of
@@ -26,6 +32,7 @@ model, else one CheckpointError naming the file.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -40,6 +47,66 @@ from ..errors import CheckpointError
 from ..models.weights import load_torch_file
 from .engine import build_trainer, kept_metrics, rank_batch, resume_point, steps_per_epoch
 from .sampling import SeededItems, SeededSampler, worker_threads
+
+log = logging.getLogger("cardiossp.train")
+SUMMARY_KEYS = ("method", "model.name", "model.n_stages", "model.base_features", "model.max_features", "data.task",
+                "data.batch_size", "data.patch_size", "data.input_size", "schedule.epochs",
+                "schedule.iters_per_epoch", "optim.lr", "finetune.init", "finetune.strategy", "semi.method",
+                "labeled_subjects", "subset", "seed", "precision")
+
+
+class TrainLog:
+    """A ``logging.FileHandler`` appending to ``path`` on the ``cardiossp`` logger (INFO and up) until
+    ``close()``; the logger's level is lowered to INFO meanwhile if it was higher (then restored)."""
+
+    FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handler = logging.FileHandler(self.path, mode="a", encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter(self.FORMAT, "%Y-%m-%d %H:%M:%S"))
+        self.handler.setLevel(logging.INFO)
+        self.logger = logging.getLogger("cardiossp")
+        self._level = self.logger.level
+        if self.logger.getEffectiveLevel() > logging.INFO:
+            self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(self.handler)
+
+    def close(self) -> None:
+        if self.handler in self.logger.handlers:
+            self.logger.removeHandler(self.handler)
+            self.logger.setLevel(self._level)
+        self.handler.close()
+
+
+def config_summary(cfg) -> str:
+    """``key=value`` of the config fields that say most about a run (``SUMMARY_KEYS``, unset ones left out)."""
+    from ..config import to_dict
+
+    flat, stack = {}, [("", to_dict(cfg))]
+    while stack:
+        prefix, d = stack.pop()
+        for k, v in d.items():
+            if isinstance(v, dict):
+                stack.append((f"{prefix}{k}.", v))
+            else:
+                flat[prefix + k] = v
+    return " ".join(f"{k}={flat[k]}" for k in SUMMARY_KEYS if flat.get(k) not in (None, ""))
+
+
+def _facts(facts: dict) -> str:
+    """``k v, ...`` with lists shown by their length."""
+    def show(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return f"{len(v)} items" if isinstance(v, (list, tuple)) and len(v) > 6 else v
+
+    return ", ".join(f"{k} {show(v)}" for k, v in facts.items() if k != "metrics")
+
+
+def _metrics(metrics: dict) -> str:
+    return " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(metrics.items()))
 
 
 def seeded_loader(dataset, batch_size: int, num_workers: int, sampler=None, drop_last: bool | None = None):
@@ -130,6 +197,37 @@ class RunSkeleton:
                                      callbacks=[self.elapsed, *(callbacks or [])],
                                      find_unused_parameters=find_unused_parameters)
         self.seconds = 0.0
+        self.train_log = TrainLog(self.out / "train.log") if self.is_global_zero else None
+        if self.train_log is not None:
+            self._log_start()
+
+    def __enter__(self) -> "RunSkeleton":
+        return self
+
+    def __exit__(self, kind, error, tb) -> bool:
+        if error is not None and self.train_log is not None:
+            text = " ".join(str(error).split())
+            log.error(f"session stopped by {kind.__name__}{': ' + text if text else ''}")
+        self.close()
+        return False
+
+    def close(self) -> None:
+        """Detach ``train.log`` (``with RunSkeleton(...)`` does it, also when the run fails)."""
+        if self.train_log is not None:
+            self.train_log.close()
+            self.train_log = None
+
+    def _log_start(self) -> None:
+        from .. import __version__
+        from ..config import git_sha
+
+        where = f"resumed from {self.ckpt_path}" if self.ckpt_path else "fresh run"
+        log.info(f"==== session start ({where}): {self.out.resolve()}")
+        log.info(f"cardiossp {__version__} (git {git_sha()}), torch {torch.__version__}, lightning {L.__version__}")
+        log.info(f"config: {config_summary(self.cfg)} (resolved: config.yaml)")
+        c = self.cfg
+        log.info(f"trainer: accelerator {c.accelerator}, devices {c.devices}, nodes {c.num_nodes}, "
+                 f"world size {self.world_size}, precision {self.trainer.precision}")
 
     @property
     def world_size(self) -> int:
@@ -160,6 +258,7 @@ class RunSkeleton:
     def save_config(self, **facts) -> None:
         if self.is_global_zero:
             save_run_config(self.cfg, self.out, world_size=self.world_size, **facts)
+            log.info(f"data: {_facts(facts)}")
 
     def fit(self, module: L.LightningModule, train_loader, val_loader=None) -> None:
         if self._resume_shapes is not None:
@@ -167,6 +266,9 @@ class RunSkeleton:
         with kept_metrics(self.out, self.resume, enabled=self.is_global_zero):
             self.trainer.fit(module, train_loader, val_loader, ckpt_path=self.ckpt_path, weights_only=True)
         self.seconds = self.elapsed.seconds  # every session of the run, resumes included
+        if self.is_global_zero and not self.finished:
+            log.info(f"session ended at epoch {self.trainer.current_epoch}/{self.epochs}, step "
+                     f"{self.trainer.global_step}, before the run finished (continue it with --resume)")
 
     @property
     def finished(self) -> bool:
@@ -177,4 +279,7 @@ class RunSkeleton:
         done = {"seconds": self.seconds, "epochs": self.epochs, "steps": self.trainer.global_step,
                 "world_size": self.world_size, **facts}
         write_json(self.out / "done.json", done)
+        final = {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
+        log.info(f"finished: {_facts(done)}")
+        log.info(f"final metrics: {_metrics(done.get('metrics') or final)}")
         return done

@@ -8,6 +8,11 @@ polynomial decay ``lr * (1 - step/total)^0.9`` per iteration. Validation
 reports nnU-Net's "pseudo Dice" per class: true/false positives and negatives summed
 over every validation slice (all ranks), 2TP / (2TP + FP + FN). The honest per-subject 3D
 Dice in the native grid is ``cardiossp evaluate``'s job.
+
+Every checkpoint the module saves (``best.ckpt``, ``last.ckpt``) carries ``checkpoint["cardiossp"]``, the
+``model_record`` the run function gave ``describe``: what a user of the model needs besides its weights
+(input grid, normalisation, labels, task, model config, version, git SHA), in plain types only, so that
+``torch.load(weights_only=True)`` reads it and the model works without the training cache.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from torch import Tensor
 
 from ..config import TrainConfig, from_dict, to_dict
 from ..data.batch_augment import apply_batch, spatial_only
-from ..data.labels import task_class_names, task_lut, task_num_classes
+from ..data.labels import CLASS_NAMES, task_class_names, task_classes, task_lut, task_num_classes
 from ..errors import ConfigError
+from ..inference import RECORD_KEY  # the checkpoint entry holding the model record
 from ..models import build_from_config, deep_supervision_scales
 from .losses import DeepSupervisionLoss, DiceCELoss
 
@@ -34,6 +40,47 @@ def count_outputs(model: torch.nn.Module, deep_supervision: bool) -> int:
     """Outputs the model produces in training: one per deep-supervision scale, or 1 (DS off or none)."""
     scales = deep_supervision_scales(model) if deep_supervision else None
     return len(scales) if scales else 1
+
+
+RECORD_FORMAT = "cardiossp-model-1"
+LABEL_CONVENTION = "0 background, 1 LV, 2 MYO, 3 RV"
+
+
+def model_record(cfg: TrainConfig, spacing: float, size: int, version: str | None = None,
+                 git_sha: str | None = None) -> dict:
+    """The self-description of a segmentation model trained on a cache of ``spacing`` mm / ``size`` px
+    (``data.preprocess``; ``version`` / ``git_sha`` default to this code's)::
+
+        format          "cardiossp-model-1"
+        task            data.task ("cardiac", "lv")
+        grid            {"spacing_mm", "size_px", "resample", "input"}: the in-plane grid every slice goes to
+        normalisation   {"method": "zscore", "over", "eps"}: as the cache (``preprocess.zscore``)
+        labels          {"convention", "class_names" (index = network output channel), "internal_labels"
+                        (output channel -> internal label value)}
+        num_classes     output channels, background included
+        model           the model config (``config.ModelConfig`` as a dict)
+        cardiossp_version, git_sha
+    """
+    from .. import __version__
+    from ..config import git_sha as current_sha
+
+    classes = task_classes(cfg.data.task)
+    return {
+        "format": RECORD_FORMAT,
+        "task": cfg.data.task,
+        "grid": {"spacing_mm": float(spacing), "size_px": int(size),
+                 "resample": "in-plane bilinear (antialiased when shrinking) to spacing_mm, then centre crop / "
+                             "pad to size_px x size_px; through-plane untouched",
+                 "input": "(N, 1, size_px, size_px) float32 short-axis slices"},
+        "normalisation": {"method": "zscore", "over": "the whole image of a subject (every frame and slice of "
+                          "the cine), before resampling", "eps": 1e-8},
+        "labels": {"convention": LABEL_CONVENTION, "class_names": ["background", *(CLASS_NAMES[c] for c in classes)],
+                   "internal_labels": [0, *classes]},
+        "num_classes": task_num_classes(cfg.data.task),
+        "model": to_dict(cfg.model),
+        "cardiossp_version": version or __version__,
+        "git_sha": git_sha or current_sha(),
+    }
 
 
 def poly_lr(step: int, total: int, power: float = 0.9) -> float:
@@ -59,6 +106,7 @@ class SegmentationModule(L.LightningModule):
         self.total_steps = max(1, total_steps)
         self.lr = lr if lr is not None else self.cfg.optim.lr
         self._val_stats: Tensor | None = None
+        self.record: dict | None = None  # model_record, set by describe(); saved in every checkpoint
         if self.cfg.semi.method:  # its EMA teacher (if any) is part of the checkpoint
             from ..semi import build_semi
 
@@ -73,6 +121,18 @@ class SegmentationModule(L.LightningModule):
 
     def forward(self, x: Tensor):
         return self.model(x)
+
+    def describe(self, record: dict) -> None:
+        """Set the ``model_record`` every checkpoint of this module carries (``checkpoint["cardiossp"]``)."""
+        self.record = record
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.record is not None:
+            checkpoint[RECORD_KEY] = self.record
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.record is None and isinstance(checkpoint.get(RECORD_KEY), dict):
+            self.record = checkpoint[RECORD_KEY]
 
     def progress(self) -> float:
         return min(1.0, self.global_step / self.total_steps)
