@@ -39,11 +39,13 @@ def prepare(
     reader: list[str] = typer.Option(..., "--reader", "-r", help="reader name, once per --data (acdc, camus, "
                                      "echonet, mnms, mnms2, nifti, phantom, sunnybrook)"),
     data: list[Path] = typer.Option(..., "--data", "-d", help="dataset folder, once per --reader"),
-    out: Path = typer.Option(..., "--out", "-o", help="cache folder to create or update"),
+    out: Path = typer.Option(..., "--out", "-o", help="cache folder to create, or to add these sources to"),
     spacing: float = typer.Option(1.25, help="in-plane target spacing, mm"),
     size: int = typer.Option(256, help="crop/pad size of every 2D slice, pixels"),
 ) -> None:
-    """Preprocess datasets into a slice cache (resample, crop/pad, z-score, float16, manifest)."""
+    """Preprocess datasets into a slice cache (resample, crop/pad, z-score, float16, manifest).
+
+    An existing cache keeps the subjects of its other sources; one prepare writes a cache at a time (others wait)."""
     from rich.progress import Progress
 
     from ..data.cache import prepare as run
@@ -60,7 +62,8 @@ def prepare(
             def progress(sid, i, n, reused):
                 bar.update(task, completed=i, total=n, description=f"{sid}{' (cached)' if reused else ''}")
 
-            run(zip(reader, data), out, spacing=spacing, size=size, progress=progress)
+            run(zip(reader, data), out, spacing=spacing, size=size, progress=progress,
+                on_wait=lambda message: console.print(message))
     except CardiosspError as e:
         _fail(e)
     from ..data.info import cache_subject_table, summarize
@@ -93,7 +96,13 @@ def split(
     out: Path = typer.Option(..., help="split file to write (YAML)"),
     seed: int = typer.Option(0),
     val: float = typer.Option(0.15, help="fraction (<1) or number of labeled subjects for validation"),
-    test: float = typer.Option(0.2, help="fraction (<1) or number of labeled subjects for testing"),
+    test: Optional[float] = typer.Option(None, help="fraction (<1) or number of labeled subjects for testing "
+                                         "(default 0.2; not with --test-from / --test-list)"),
+    test_from: list[str] = typer.Option([], "--test-from", help="READER=PATH: every subject that reader finds at "
+                                        "PATH is a test subject (prepared into this cache), e.g. "
+                                        "acdc=/data/acdc/testing (repeatable)"),
+    test_list: Optional[Path] = typer.Option(None, "--test-list", help="file of test subjects, one per line "
+                                             "(cache keys such as acdc_patient101, or subject ids)"),
     budgets: str = typer.Option("", help="comma-separated label budgets: patients (10), fractions of the training "
                                          "patients (0.05 or 5%) or all, e.g. 0.05,10,all"),
     stratify: str = typer.Option("auto", help="vendor, pathology, dataset, none, or auto (vendor if several)"),
@@ -101,26 +110,57 @@ def split(
     views: str = typer.Option("", help="views to split, e.g. 2CH,4CH (default: SA if present, else every view)"),
     official: bool = typer.Option(False, help="keep the dataset's own train/val/test (EchoNet-Dynamic's Split)"),
 ) -> None:
-    """Subject-level train/val/test split with nested label budgets and vendor subsets."""
+    """Subject-level train/val/test split with nested label budgets and vendor subsets.
+
+    With --test-from / --test-list the test set is exactly those subjects; the rest gives train and val."""
     from ..data.slices import SliceCache
     from ..data.splits import make_split, parse_budgets, save_split
 
     try:
-        parts = _split_options(seed, val, test, stratify)
+        fixed = bool(test_from or test_list)
+        if fixed and test is not None:
+            raise ConfigError("give --test, or a fixed test set (--test-from / --test-list), not both")
+        if fixed and official:
+            raise ConfigError("--official keeps the dataset's own test set: leave out --test-from / --test-list")
+        parts = _split_options(seed, val, 0.2 if test is None else test, stratify)
+        cache_ = SliceCache(cache)
+        test_subjects, test_source = _fixed_test(cache_, test_from, test_list) if fixed else (None, None)
         groups = _vendor_groups(vendor_groups)
         try:
             label_budgets = parse_budgets(budgets)
         except ConfigError as e:
             raise ConfigError(f"--budgets {budgets!r}: {e}") from None
-        s = make_split(SliceCache(cache).subjects, seed=seed, val=parts["--val"], test=parts["--test"],
+        s = make_split(cache_.subjects, seed=seed, val=parts["--val"], test=parts["--test"],
                        budgets=label_budgets, stratify=stratify, vendor_groups=groups,
-                       views=[v.strip() for v in views.split(",") if v.strip()] or None, official=official)
+                       views=[v.strip() for v in views.split(",") if v.strip()] or None, official=official,
+                       test_subjects=test_subjects, test_source=test_source)
         save_split(s, out)
     except (CardiosspError, ValueError) as e:
         _fail(e)
     console.print(f"wrote {out}: train {len(s['train'])}, val {len(s['val'])}, test {len(s['test'])}, "
                   f"unlabeled {len(s['unlabeled'])}, budgets {sorted(s['budgets'])}"
                   + "".join(f", {f:g} of the labels = budget {n}" for f, n in s["budget_fractions"].items()))
+
+
+def _fixed_test(cache, test_from: list[str], test_list: Path | None) -> tuple[list[str], list[str]]:
+    """``--test-from READER=PATH`` items and ``--test-list FILE`` -> (subject keys, where each came from)."""
+    from ..data.holdout import read_subject_list, subjects_from_source
+    from ..data.readers import READERS
+
+    keys: set[str] = set()
+    where: list[str] = []
+    for item in test_from:
+        name, eq, path = item.partition("=")
+        if not eq or not name.strip() or not path.strip():
+            raise ConfigError(f"--test-from must look like READER=PATH, e.g. acdc=/data/acdc/testing (got {item!r})")
+        READERS.get(name.strip())  # ConfigError: unknown reader ..., known: ...
+        folder = Path(path.strip()).expanduser()
+        keys |= set(subjects_from_source(cache, name.strip(), folder))
+        where.append(f"{name.strip()}={folder.resolve()}")
+    if test_list is not None:
+        keys |= set(read_subject_list(test_list, cache.subjects))
+        where.append(f"list {Path(test_list).resolve()}")
+    return sorted(keys), where
 
 
 def _split_options(seed: int, val: float, test: float, stratify: str) -> dict[str, float | int]:

@@ -19,6 +19,20 @@ in full (SHA-256); a damaged subject is prepared again, with a warning naming th
 of caches written before the record existed are prepared again (their arrays cannot be verified).
 Readers of the cache (``SliceCache``) check sizes on opening it, see ``cardiossp.data.slices``.
 
+Several sources, several runs: ``prepare`` into an existing cache *adds* its sources. The tables
+(``manifest.csv``, ``subjects.csv``, ``cache.json`` ``sources``) keep every subject of earlier sources
+(``(reader, data folder)`` pairs) that this run does not name, and replace those of the sources it names
+by what their folders hold now; e.g. ACDC's ``training/`` and then ``testing/`` into one cache gives all
+150 patients. A subject key that another source already holds is refused (``DataError``) before its
+folder is written. ``meta.json`` records the resolved data folder (``data``) and the reader's subject id
+(``reader_id``) a subject came from (``split --test-from`` finds subjects by them); for subjects written
+before, the folder is inferred from ``cache.json``'s sources, and both fields are added when reused.
+
+One writer at a time: ``prepare`` holds an exclusive ``fcntl.flock`` on ``<cache>/.prepare.lock`` (a
+second ``prepare``, or a second ``experiment --shard`` job, of the same cache waits, saying who holds
+it, and then reuses what the first wrote). The kernel drops the lock of a process that dies, so a
+stale lock file left by a killed run is simply taken over. ``cache_lock`` is re-entrant in a process.
+
 A subject whose image is blank (one value everywhere), or whose labeled frame is, is refused
 with a ``DataError`` naming it: labels on a blank image are wrong whatever they say, and a
 silently smaller dataset changes every split; the subjects before it stay prepared, so a
@@ -40,6 +54,7 @@ import pandas as pd
 
 from ..atomic import atomic_path, write_csv, write_json
 from ..errors import DataError
+from .locking import LOCK_NAME, cache_lock  # noqa: F401  (LOCK_NAME: part of this module's interface)
 from .preprocess import preprocess_subject
 from .readers import get_reader
 from .slices import ARRAYS, array_record, verify_subject
@@ -83,8 +98,10 @@ def _json_default(o):
     raise TypeError(type(o))
 
 
-def write_subject(out: Path, subject: Subject, reader: str, fingerprint: str, spacing: float, size: int) -> dict:
-    """Preprocess one subject into ``out/subjects/<key>/``; returns its meta record."""
+def write_subject(out: Path, subject: Subject, reader: str, fingerprint: str, spacing: float, size: int,
+                  data: str | None = None, reader_id: str | None = None) -> dict:
+    """Preprocess one subject into ``out/subjects/<key>/``; returns its meta record (``data``: the resolved
+    data folder it was read from, ``reader_id``: the reader's id of it there)."""
     key = subject_key(subject)
     check_not_blank(subject)
     folder = out / "subjects" / key
@@ -102,8 +119,9 @@ def write_subject(out: Path, subject: Subject, reader: str, fingerprint: str, sp
               else np.zeros((0, *subject.image.shape[:3]), np.uint8))
     _save_npy_atomic(folder / "native_labels.npy", native.astype(np.uint8))
     meta = {
-        "key": key, "subject_id": subject.subject_id, "dataset": subject.dataset, "reader": reader,
-        "vendor": subject.vendor, "centre": subject.centre, "pathology": subject.pathology, "view": subject.view,
+        "key": key, "subject_id": subject.subject_id, "dataset": subject.dataset, "reader": reader, "data": data,
+        "reader_id": reader_id, "vendor": subject.vendor, "centre": subject.centre, "pathology": subject.pathology,
+        "view": subject.view,
         "source": subject.source, "fingerprint": fingerprint, "n_frames": subject.n_frames,
         "n_slices": subject.n_slices, "ed_frame": subject.ed_frame, "es_frame": subject.es_frame,
         "frame_numbers": list(subject.frame_numbers or []), "label_frames": label_frames,
@@ -155,49 +173,136 @@ def prepare(
     spacing: float = 1.25,
     size: int = 256,
     progress: Callable[[str, int, int, bool], None] | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> Path:
-    """Build (or update) a cache at ``out`` from ``(reader name, data folder)`` pairs.
+    """Build (or add to) a cache at ``out`` from ``(reader name, data folder)`` pairs (see the module docstring).
 
-    ``progress(subject_id, i, n, reused)`` is called after each subject.
+    ``progress(subject_id, i, n, reused)`` is called after each subject; ``on_wait(message)`` if another
+    process is writing the cache and this one waits for it (default: a warning).
     """
     out = Path(out)
+    with cache_lock(out, on_wait):
+        return _prepare(list(sources), out, spacing, size, progress)
+
+
+def _prepare(sources: list[tuple[str, str | Path]], out: Path, spacing: float, size: int, progress) -> Path:
     (out / "subjects").mkdir(parents=True, exist_ok=True)
     info_path = out / "cache.json"
+    info: dict = {}
     if info_path.exists():
         info = json.loads(info_path.read_text())
         if (info.get("spacing"), info.get("size")) != (spacing, size):
             raise DataError(out, f"cache holds spacing {info.get('spacing')} / size {info.get('size')}; "
                                  f"asked for {spacing} / {size}: use another --out folder")
+    named = [(r, str(Path(d).resolve())) for r, d in sources]
+    kept, damaged = _earlier_subjects(out, named, size, info.get("sources", []))
+    kept_sources = [s for s in info.get("sources", []) if (s.get("reader"), s.get("data")) not in named]
     metas: dict[str, dict] = {}
     done = _meta_index(out)
     old = sum(1 for m in done.values() if not m.get("arrays"))
     if old:
         warnings.warn(f"{out}: {old} cached subject(s) were written before caches recorded their arrays' "
-                      "checksums; they are prepared again", stacklevel=2)
+                      "checksums; they are prepared again", stacklevel=3)
     source_list = []
-    for reader_name, data in sources:
+    for (reader_name, data), (_, resolved) in zip(sources, named):
         reader, root = get_reader(reader_name), Path(data)
         if not root.is_dir():
             raise DataError(root, "data folder not found")
         ids = reader.subject_ids(root)
         if not ids:
             raise DataError(root, f"no subjects found for reader {reader_name!r} (is this the right layout?)")
-        source_list.append({"reader": reader_name, "data": str(root.resolve()), "subjects": len(ids)})
+        source_list.append({"reader": reader_name, "data": resolved, "subjects": len(ids)})
         for i, sid in enumerate(ids):
             fp = _fingerprint(reader_name, sid, reader.source_files(root, sid), spacing, size)
             meta = _reusable(out, done.get((reader_name, fp)), size)
             reused = meta is not None
             if meta is None:
-                meta = write_subject(out, reader.load(root, sid), reader_name, fp, spacing, size)
-            if meta["key"] in metas:
-                raise DataError(root / sid, f"subject key {meta['key']!r} occurs twice in the inputs")
+                subject = reader.load(root, sid)
+                _check_key(root / sid, subject_key(subject), metas, kept)
+                meta = write_subject(out, subject, reader_name, fp, spacing, size, data=resolved, reader_id=sid)
+            else:
+                _check_key(root / sid, meta["key"], metas, kept)
+                if (meta.get("data"), meta.get("reader_id")) != (resolved, sid):  # written before they were recorded
+                    meta = {**meta, "data": resolved, "reader_id": sid}
+                    write_json(out / "subjects" / meta["key"] / "meta.json", meta, default=_json_default)
             metas[meta["key"]] = meta
             if progress:
                 progress(sid, i + 1, len(ids), reused)
+    for key, (path, problem) in damaged.items():
+        if key not in metas:  # not brought back by this run
+            warnings.warn(f"{path}: {problem}; {key} is dropped from the cache's tables (prepare its source again "
+                          "to bring it back)", stacklevel=3)
+    metas.update(kept)
     _write_tables(out, metas)
     write_json(info_path, {"format_version": FORMAT_VERSION, "spacing": spacing, "size": size,
-                           "sources": source_list, "n_subjects": len(metas)}, default=_json_default)
+                           "sources": kept_sources + source_list, "n_subjects": len(metas)}, default=_json_default)
     return out
+
+
+def _check_key(where: Path, key: str, metas: dict[str, dict], kept: dict[str, dict]) -> None:
+    """A subject key met twice in this run, or held by an earlier source of the cache, is refused before
+    its folder is (over)written."""
+    if key in metas:
+        raise DataError(where, f"subject key {key!r} occurs twice in the inputs")
+    if key in kept:
+        m = kept[key]
+        raise DataError(where, f"subject key {key!r} is already in the cache from another source "
+                               f"({m.get('reader')}, {m.get('data') or m.get('source')}); give it another name, or "
+                               "prepare into another cache folder")
+
+
+def _data_folder(meta: dict, old_sources: list[dict]) -> str | None:
+    """The resolved data folder a cached subject was read from: ``meta["data"]``, or, for subjects written
+    before meta recorded it, the earlier source of its reader in ``cache.json`` (the one holding its
+    ``source`` path when there are several); None when that cannot be told."""
+    if meta.get("data"):
+        return str(meta["data"])
+    same = [str(s.get("data")) for s in old_sources if s.get("reader") == meta.get("reader") and s.get("data")]
+    if len(same) == 1:
+        return same[0]
+    try:
+        src = Path(str(meta.get("source") or "")).resolve()
+    except (OSError, ValueError):
+        return None
+    inside = [d for d in same if src.is_relative_to(Path(d))]
+    return max(inside, key=len) if inside else None
+
+
+def _belongs(meta: dict, named: list[tuple[str, str]], old_sources: list[dict]) -> bool:
+    """Was this cached subject read from one of the ``(reader, resolved data folder)`` sources? (A subject
+    whose folder cannot be told belongs to any source of its reader: it is prepared again, not duplicated.)"""
+    data = _data_folder(meta, old_sources)
+    return any(meta.get("reader") == reader and (data is None or data == folder) for reader, folder in named)
+
+
+def _earlier_subjects(out: Path, named: list[tuple[str, str]], size: int, old_sources: list[dict]
+                      ) -> tuple[dict[str, dict], dict[str, tuple[Path, str]]]:
+    """(the subjects the cache's tables list now that none of this run's sources owns: kept in the tables,
+    the listed subjects whose folder is gone or damaged: key -> (file, problem), dropped)."""
+    table = out / "subjects.csv"
+    if not table.is_file():
+        return {}, {}
+    try:
+        keys = [str(k) for k in pd.read_csv(table, usecols=["subject"])["subject"]]
+    except (OSError, ValueError, pd.errors.ParserError) as e:
+        warnings.warn(f"{table}: cannot read the subjects table ({e}); earlier subjects are not kept", stacklevel=4)
+        return {}, {}
+    kept, damaged = {}, {}
+    for key in keys:
+        folder = out / "subjects" / key
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            problems = verify_subject(folder, meta, size, level="size")
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+            problems = [(folder / "meta.json", f"unreadable subject record ({e})")]
+            meta = None
+        if meta is not None and _belongs(meta, named, old_sources):
+            continue  # its source is prepared again now: it comes back if that source still has it
+        if problems:
+            damaged[key] = problems[0]
+            continue
+        kept[key] = meta
+    return kept, damaged
 
 
 def _reusable(out: Path, meta: dict | None, size: int) -> dict | None:

@@ -18,13 +18,22 @@ Tasks (``TrainConfig.data.task``) choose which internal classes a network predic
 ``cardiac`` (LV, MYO, RV; the default) or ``lv`` (binary LV vs background, the echo task of
 Saeed et al. 2022). A task keeps its classes in internal order and numbers them 1..n, so for ``lv`` the
 network's class 1 *is* internal label 1 (LV); ``to_task`` / ``task_to_internal`` convert.
+
+Output conventions (``predict --labels``): written label files use the internal convention unless
+asked for a dataset's own (``acdc``: 1 RV, 2 MYO, 3 LV; ``mnms`` / ``mnms2``: 1 LV, 2 MYO, 3 RV), so that
+a result opened beside that dataset's ground truth shows the same colours; or a YAML mapping file of
+internal class -> output value (``{LV: 3, MYO: 2, RV: 1}``, names or internal values as keys).
+``output_convention`` resolves either to a lookup table.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 BACKGROUND, LV, MYO, RV = 0, 1, 2, 3
 CLASS_NAMES: dict[int, str] = {LV: "LV", MYO: "MYO", RV: "RV"}
@@ -44,6 +53,9 @@ DATASET_LABEL_MAPS: dict[str, dict[int, int]] = {
     "echonet": {0: BACKGROUND, 1: LV},
 }
 
+# conventions a prediction can be written in (``output_convention``): each is a bijection of DATASET_LABEL_MAPS
+OUTPUT_CONVENTIONS = ("internal", "acdc", "mnms", "mnms2")
+
 # task name -> internal classes it predicts (besides background)
 TASKS: dict[str, tuple[int, ...]] = {"cardiac": (LV, MYO, RV), "lv": (LV,)}
 
@@ -62,6 +74,83 @@ def map_labels(labels: np.ndarray, mapping: dict[int, int], source: str = "") ->
     for src, dst in mapping.items():
         lut[src] = dst
     return lut[labels.astype(np.int64)]
+
+
+@dataclass(frozen=True)
+class OutputConvention:
+    """How predictions are written: ``lut[internal label]`` is the value in the file."""
+
+    name: str  # internal, acdc, mnms, mnms2, or the mapping file's name
+    lut: np.ndarray  # (NUM_CLASSES,) uint8
+
+    @property
+    def names(self) -> dict[int, str]:
+        """Output value -> structure, e.g. ``{0: "bg", 1: "RV", 2: "MYO", 3: "LV"}`` for ACDC."""
+        named = {BACKGROUND: "bg", **CLASS_NAMES}
+        return dict(sorted((int(self.lut[c]), named[c]) for c in range(NUM_CLASSES)))
+
+    def describe(self) -> str:
+        """``"cardiossp labels (acdc) 0 bg 1 RV 2 MYO 3 LV"``: what the NIfTI ``descrip`` field says (<= 80 bytes)."""
+        text = f"cardiossp labels ({self.name}) " + " ".join(f"{v} {n}" for v, n in self.names.items())
+        return text if len(text.encode()) <= 80 else text.encode()[:80].decode(errors="ignore")
+
+    def apply(self, labels: np.ndarray) -> np.ndarray:
+        """Internal labels -> this convention's values (uint8)."""
+        return self.lut[np.asarray(labels, dtype=np.int64)]
+
+
+def output_convention(spec: str | Path = "internal") -> OutputConvention:
+    """``"internal"``, ``"acdc"``, ``"mnms"``, ``"mnms2"`` or a YAML file mapping internal classes to output values.
+
+    A mapping file holds ``{LV: 3, MYO: 2, RV: 1}`` (keys: LV / MYO / RV / background or internal values
+    1 / 2 / 3 / 0; background defaults to 0); every class needs a distinct value in 0..255.
+    ``ConfigError`` for an unknown name, ``DataError`` for an unreadable or ambiguous file.
+    """
+    text = str(spec).strip()
+    if text.lower() in OUTPUT_CONVENTIONS:
+        name = text.lower()
+        inverse = {dst: src for src, dst in DATASET_LABEL_MAPS[name].items()}
+        return OutputConvention(name, np.array([inverse[c] for c in range(NUM_CLASSES)], dtype=np.uint8))
+    path = Path(text)
+    if path.suffix.lower() not in (".yaml", ".yml", ".json") and not path.is_file():
+        raise ConfigError(f"--labels {text!r}: choose one of {', '.join(OUTPUT_CONVENTIONS)}, or give a YAML file "
+                          "mapping internal classes to output values, e.g. {LV: 3, MYO: 2, RV: 1}")
+    return OutputConvention(path.name, _read_mapping(path))
+
+
+def _read_mapping(path: Path) -> np.ndarray:
+    import yaml
+
+    if not path.is_file():
+        raise DataError(path, "label mapping file not found")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise DataError(path, f"cannot read the label mapping (YAML): {e}") from None
+    if not isinstance(doc, dict) or not doc:
+        raise DataError(path, "label mapping must be a mapping of internal classes to output values, "
+                              "e.g. {LV: 3, MYO: 2, RV: 1}")
+    by_name = {"bg": BACKGROUND, "background": BACKGROUND, **{n.lower(): c for c, n in CLASS_NAMES.items()}}
+    lut: dict[int, int] = {}
+    for key, value in doc.items():
+        k = str(key).strip().lower()
+        cls = by_name.get(k, int(k) if k.isdigit() and int(k) < NUM_CLASSES else None)
+        if cls is None:
+            raise DataError(path, f"unknown class {key!r}: keys are LV, MYO, RV, background (or 1, 2, 3, 0)")
+        if cls in lut:
+            raise DataError(path, f"class {key!r} ({({BACKGROUND: 'bg', **CLASS_NAMES})[cls]}) is given twice")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+            raise DataError(path, f"value of {key!r} is {value!r}: give a whole number 0..255")
+        lut[cls] = value
+    lut.setdefault(BACKGROUND, 0)
+    missing = [CLASS_NAMES[c] for c in CLASS_NAMES if c not in lut]
+    if missing:
+        raise DataError(path, f"label mapping gives no value for {', '.join(missing)}")
+    values = list(lut.values())
+    if len(set(values)) != len(values):
+        raise DataError(path, f"label mapping gives two classes the same value ({lut}): the file could not be "
+                              "read back")
+    return np.array([lut[c] for c in range(NUM_CLASSES)], dtype=np.uint8)
 
 
 def task_classes(task: str) -> tuple[int, ...]:

@@ -26,6 +26,14 @@ column each subject is its own patient. Views: by default short-axis (``SA``) su
 split and other views go to ``other_views``; a cache without SA subjects (echo: 2CH, 4CH)
 splits all its views. ``official=True`` keeps a dataset's own train/val/test assignment
 (``official_split`` column, EchoNet-Dynamic's ``Split``).
+
+A fixed test set (``test_subjects``; CLI ``split --test-from READER=PATH`` for every subject that reader
+finds at PATH, e.g. ACDC's official ``testing/`` folder prepared into the same cache, or ``--test-list
+FILE``, one subject per line; both resolved to subject keys by ``data.holdout``): exactly those subjects
+are the test set, the other labeled patients are split into train / val (``val`` is then a fraction of
+them, or a number), and the split file says where the test set came from (``fixed_test``). A listed
+subject without labels cannot be scored and is refused; one of a view not split (long axis) stays in
+``other_views``, which nothing trains on.
 """
 
 from __future__ import annotations
@@ -136,8 +144,13 @@ def make_split(
     vendor_groups: dict[str, list[str]] | None = None,
     views: list[str] | None = None,
     official: bool = False,
+    test_subjects: list[str] | None = None,
+    test_source: list[str] | None = None,
 ) -> dict:
-    """Split the subjects table of a cache (``SliceCache.subjects``) into train / val / test (by patient)."""
+    """Split the subjects table of a cache (``SliceCache.subjects``) into train / val / test (by patient).
+
+    ``test_subjects``: subject keys that are the test set (see the module docstring); ``test_source``
+    describes where they came from (stored as ``fixed_test``)."""
     subj_views = subjects["view"].fillna("SA") if "view" in subjects else pd.Series("SA", index=subjects.index)
     if views is None:
         views = ["SA"] if (subj_views == "SA").any() else sorted(subj_views.unique())
@@ -163,7 +176,12 @@ def make_split(
         require_metadata(labeled, "vendor", labeled["subject"], "vendor groups (--vendor-groups)")
     strata = _strata(first, stratify)
     strat_of = dict(zip(ids, strata))
-    if official:
+    if test_subjects is not None:
+        if official:
+            raise ConfigError("a fixed test set (--test-from / --test-list) cannot be combined with official=True")
+        test_ids, val_ids, train_ids = _fixed_test_parts(subjects, unlabeled, members, test_subjects, val,
+                                                         strat_of, rng)
+    elif official:
         test_ids, val_ids, train_ids = _official_parts(first)
     else:
         n_test = round(test * n) if isinstance(test, float) and test < 1 else int(test)
@@ -192,6 +210,8 @@ def make_split(
         "budget_fractions": {},
         "subsets": {},
     }
+    if test_subjects is not None:
+        out["fixed_test"] = list(test_source or ["given subjects"])
     for b in budgets or []:
         size = budget_size(b, len(train_ids))
         if size > len(train_ids):
@@ -205,6 +225,35 @@ def make_split(
     for name, vendors in (vendor_groups or {}).items():
         out["subsets"][name] = sorted(i for i in train_subjects if vendor_of[i] in vendors)
     return out
+
+
+def _fixed_test_parts(subjects: pd.DataFrame, unlabeled_ids: list[str], members: dict[str, list[str]], test_subjects,
+                      val, strat_of: dict[str, str], rng) -> tuple[list[str], list[str], list[str]]:
+    """(test, val, train) patients when ``test_subjects`` are the test set: the rest gives val and train."""
+    fixed = {str(s) for s in test_subjects}
+    known = set(subjects["subject"].astype(str))
+    unknown = sorted(fixed - known)
+    if unknown:
+        raise ConfigError(f"{len(unknown)} test subject(s) are not in the cache: {', '.join(unknown[:8])}")
+    if not fixed:
+        raise ConfigError("the fixed test set is empty")
+    unlabeled = sorted(fixed & set(unlabeled_ids))
+    if unlabeled:
+        raise ConfigError(f"{len(unlabeled)} test subject(s) have no labels to score: {', '.join(unlabeled[:8])} "
+                          "(prepare their label files too, or leave them out of the test set)")
+    test_ids, rest = [], []
+    for g, ids in members.items():
+        inside = [i for i in ids if i in fixed]
+        if inside and len(inside) != len(ids):
+            raise ConfigError(f"patient {g.split(':')[-1]} has subjects both in the test set ({', '.join(inside)}) "
+                              f"and out of it ({', '.join(sorted(set(ids) - fixed))}): a patient is in one part")
+        (test_ids if inside else rest).append(g)
+    n_val = round(val * len(rest)) if isinstance(val, float) and val < 1 else int(val)
+    if n_val >= len(rest):
+        raise ConfigError(f"{len(rest)} labeled patients outside the test set cannot give {n_val} val and leave "
+                          "any for training")
+    order = stratified_order(rest, [strat_of[i] for i in rest], rng)
+    return test_ids, order[:n_val], order[n_val:]
 
 
 def _official_parts(first: pd.DataFrame) -> tuple[list[str], list[str], list[str]]:

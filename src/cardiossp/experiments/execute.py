@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data.cache import prepare
+from ..data.cache import cache_lock, prepare
 from ..data.readers.phantom import write_phantom_config
 from ..data.slices import SliceCache
 from ..data.splits import load_split, make_split, save_split
@@ -49,6 +49,12 @@ class LocalExecutor:
         self.plan: Plan | None = None
 
     def prepare(self, plan: Plan, out: Path) -> None:
+        """Prepare the campaign's cache and split once: ``experiment --shard`` jobs started together take the
+        cache's lock in turn (``data.cache.cache_lock``), so the first writes and the others reuse."""
+        with cache_lock(out / "cache"):
+            self._prepare(plan, out)
+
+    def _prepare(self, plan: Plan, out: Path) -> None:
         sources = []
         for s in plan.data:
             path = s["path"]

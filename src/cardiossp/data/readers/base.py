@@ -194,7 +194,7 @@ def is_label_file(path: str | Path) -> bool:
     CAMUS, our own predictions), ``labels*`` files, or any file in nnU-Net's ``labelsTr`` / ``labelsTs``."""
     p = Path(path)
     stem = p.name
-    for ext in (".nii.gz", ".nii", ".mhd", ".nrrd", ".mha"):
+    for ext in (".nii.gz", ".nii", ".mhd", ".nrrd", ".nhdr", ".mha"):
         if stem.lower().endswith(ext):
             stem = stem[: -len(ext)]
             break

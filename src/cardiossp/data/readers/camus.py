@@ -35,7 +35,8 @@ import SimpleITK as sitk
 from ...errors import DataError
 from ..labels import DATASET_LABEL_MAPS, map_labels
 from ..subject import Subject
-from .base import READERS, Reader, check_claim, check_nifti_claim, check_not_constant
+from .base import READERS, Reader, check_not_constant
+from .itk import check_itk_claim
 
 _PATIENT = re.compile(r"^patient\d{4}$")
 VIEWS = ("2CH", "4CH")
@@ -72,56 +73,6 @@ def read_camus_cfg(path: Path) -> dict:
 def find_file(folder: Path, stem: str) -> Path | None:
     """``folder/stem`` with the first extension of ``.mhd``, ``.nii.gz``, ``.nii`` that exists."""
     return next((folder / f"{stem}{ext}" for ext in _EXTENSIONS if (folder / f"{stem}{ext}").is_file()), None)
-
-
-_MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
-              "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
-              "MET_DOUBLE": 8}
-
-
-def check_itk_claim(path: Path) -> None:
-    """Refuse a header (MetaImage ``.mhd`` or NIfTI) whose claimed image cannot be in its data file,
-    before SimpleITK allocates it (see ``base.check_claim``)."""
-    import nibabel as nib
-
-    name = path.name.lower()
-    if name.endswith((".nii", ".nii.gz")):
-        try:
-            img = nib.load(str(path))
-        except Exception as e:  # noqa: BLE001 - any header failure: one clear message
-            raise DataError(path, f"cannot read NIfTI header (truncated or corrupt?): {e}") from None
-        check_nifti_claim(path, img)
-        return
-    if not name.endswith(".mhd"):
-        return
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as e:
-        raise DataError(path, f"cannot read MetaImage header: {e}") from None
-    head = {}
-    for line in text.splitlines():
-        if "=" in line:
-            k, v = line.split("=", 1)
-            head[k.strip().lower()] = v.strip()
-    try:
-        dims = [int(v) for v in head["dimsize"].split()]
-        channels = int(head.get("elementnumberofchannels", "1"))
-        itemsize = _MET_BYTES[head["elementtype"].upper()]
-        header_size = int(head.get("headersize", "0"))
-    except (KeyError, ValueError) as e:
-        raise DataError(path, f"MetaImage header lacks or garbles DimSize / ElementType ({e})") from None
-    data = head.get("elementdatafile", "")
-    if data.upper() == "LOCAL" or not data or data.upper() == "LIST" or "%" in data:
-        check_claim(path, dims + [channels], itemsize)  # data inside the header file, or a file list: limit only
-        return
-    raw = path.parent / data
-    if not raw.is_file():
-        raise DataError(path, f"cannot read image: its data file {raw.name} is missing")
-    size = raw.stat().st_size
-    if head.get("compresseddata", "false").lower() == "true":
-        check_claim(path, dims + [channels], itemsize, gzip_bytes=size, holder=raw.name)  # zlib: deflate bound
-    else:
-        check_claim(path, dims + [channels], itemsize, raw_bytes=size - max(header_size, 0), holder=raw.name)
 
 
 def read_itk(path: Path) -> tuple[np.ndarray, tuple[float, float], np.ndarray]:

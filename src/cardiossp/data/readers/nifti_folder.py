@@ -17,6 +17,15 @@ belongs to a 3D image (frame 0). An optional ``metadata.csv`` in root, columns
 and ``view``; more columns go to ``extra``), fills metadata in both layouts; ``subject`` is the file
 name without extension (or nnU-Net case name). Without ED/ES there, a 4D label map with exactly two
 labeled frames gives ED = the frame with the larger LV volume.
+
+Per-frame cases (nnU-Net's own ACDC conversion, Dataset027_ACDC: ``imagesTr/patient001_frame01_0000.nii.gz`` +
+``labelsTr/patient001_frame01.nii.gz``): cases named ``<patient>_frame<XX>`` in one images folder become **one
+subject per patient** (id ``imagesTr/patient001``, subject id ``patient001``), a 4D image of its 3D frames
+ordered by XX (every frame must have the first's shape and affine), labeled where a frame's label file
+exists. ``frame_numbers`` are XX - 1 (ACDC counts frames from 1), or XX if some frame is numbered 00.
+ED / ES: ``metadata.csv`` ``ed_frame`` / ``es_frame`` given as the XX of the file names (as ACDC's
+Info.cfg gives them); else, of the labeled frames, the earliest is ED and the later one ES (with more
+than two, the one with the smallest LV volume).
 """
 
 from __future__ import annotations
@@ -79,6 +88,9 @@ def label_map_from_dataset_json(path: Path) -> tuple[dict[int, int], dict]:
     return mapping, meta
 
 
+_PER_FRAME = re.compile(r"^(?P<patient>.+)_frame(?P<frame>\d+)$")
+
+
 def _strip_ext(name: str) -> str:
     for ext in (".nii.gz", ".nii"):
         if name.endswith(ext):
@@ -102,16 +114,54 @@ class NiftiFolderReader(Reader):
     def subject_ids(self, root: Path) -> list[str]:
         root = Path(root)
         if (root / "dataset.json").is_file():
-            ending = self._dataset(root)[1].get("file_ending", ".nii.gz")
-            ids = []
-            for sub in ("imagesTr", "imagesTs"):
-                suffix = f"_0000{ending}"
-                ids += sorted(f"{sub}/{p.name[: -len(suffix)]}" for p in (root / sub).glob(f"*{suffix}"))
-            return ids
+            return sorted(self._cases(root))
         # label maps (``*_gt``, ``*_seg``, ``labels*``, labelsTr/) are never taken as unlabeled images
         files = [p for p in root.rglob("*") if p.name.endswith((".nii", ".nii.gz")) and p.is_file()
                  and not is_label_file(p)]
         return sorted(_strip_ext(str(p.relative_to(root))) for p in files)
+
+    def _cases(self, root: Path) -> dict[str, list[tuple[int, str]] | None]:
+        """nnU-Net subject id (``imagesTr/case``) -> None for a one-case subject, or its per-frame cases
+        ``[(XX, "patient001_frameXX"), ...]`` ordered by XX (see the module docstring)."""
+        def make():
+            ending = self._dataset(root)[1].get("file_ending", ".nii.gz")
+            suffix = f"_0000{ending}"
+            out: dict[str, list[tuple[int, str]] | None] = {}
+            for sub in ("imagesTr", "imagesTs"):
+                names = sorted(p.name[: -len(suffix)] for p in (root / sub).glob(f"*{suffix}"))
+                plain = {n for n in names if not _PER_FRAME.match(n)}
+                for n in sorted(plain):
+                    out[f"{sub}/{n}"] = None
+                for n in names:
+                    m = _PER_FRAME.match(n)
+                    if m is None:
+                        continue
+                    sid = f"{sub}/{m.group('patient')}"
+                    if m.group("patient") in plain:
+                        raise DataError(root / sub / f"{n}{suffix}", f"per-frame case of {m.group('patient')}, "
+                                        f"but {m.group('patient')}{suffix} is a case of its own: rename one")
+                    out.setdefault(sid, []).append((int(m.group("frame")), n))
+                for sid, frames in out.items():
+                    if frames is not None:
+                        frames.sort()
+                        numbers = [f for f, _ in frames]
+                        if len(set(numbers)) != len(numbers):
+                            raise DataError(root / sub, f"{sid} has two cases with the same frame number: "
+                                                        f"{[n for _, n in frames]}")
+            return out
+
+        return self._cached(root, "cases", make)
+
+    def source_files(self, root: Path, subject_id: str) -> list[Path]:
+        root = Path(root)
+        frames = self._cases(root).get(subject_id) if (root / "dataset.json").is_file() else None
+        if not frames:
+            return super().source_files(root, subject_id)
+        ending = self._dataset(root)[1].get("file_ending", ".nii.gz")
+        sub = subject_id.split("/", 1)[0]
+        files = [root / sub / f"{case}_0000{ending}" for _, case in frames]
+        files += [root / sub.replace("images", "labels") / f"{case}{ending}" for _, case in frames]
+        return sorted(f for f in files if f.is_file())
 
     def _dataset(self, root: Path) -> tuple[dict[int, int], dict]:
         return self._cached(root, "json", lambda: label_map_from_dataset_json(root / "dataset.json"))
@@ -125,6 +175,9 @@ class NiftiFolderReader(Reader):
         labels: dict[int, np.ndarray] = {}
         label_path: Path | None = None
         extra: dict = {}
+        frames = self._cases(root).get(subject_id) if (root / "dataset.json").is_file() else None
+        if frames:
+            return self._load_per_frame(root, subject_id, frames)
         if (root / "dataset.json").is_file():
             mapping, meta = self._dataset(root)
             ending = meta.get("file_ending", ".nii.gz")
@@ -170,6 +223,71 @@ class NiftiFolderReader(Reader):
             labels=labels,
             ed_frame=ed,
             es_frame=es,
+            vendor=row.get("vendor"),
+            centre=row.get("centre") or row.get("center"),
+            pathology=row.get("pathology"),
+            view=row.get("view") or "SA",
+            source=str(image_path),
+            extra=extra,
+        )
+
+    def _load_per_frame(self, root: Path, subject_id: str, frames: list[tuple[int, str]]) -> Subject:
+        """One patient of per-frame nnU-Net cases -> one 4D subject (see the module docstring)."""
+        mapping, meta = self._dataset(root)
+        ending = meta.get("file_ending", ".nii.gz")
+        sub, patient = subject_id.split("/", 1)
+        images, labels, first = [], {}, None
+        for t, (_, case) in enumerate(frames):
+            path = root / sub / f"{case}_0000{ending}"
+            data, affine, zooms = load_nifti(path, ndims=(3,))
+            if first is None:
+                first = (path, data.shape, affine, zooms)
+            elif data.shape != first[1]:
+                raise DataError(path, f"frame of {patient} has shape {data.shape}, {first[0].name} {first[1]}: "
+                                      "the frames of one patient must share one grid")
+            elif not np.allclose(affine, first[2], atol=1e-3, rtol=1e-4):
+                raise DataError(path, f"frame of {patient} has another affine than {first[0].name}: the frames "
+                                      "of one patient must share one grid")
+            images.append(data)
+            label_path = root / sub.replace("images", "labels") / f"{case}{ending}"
+            if label_path.is_file():
+                labels[t] = self._labels(label_path, data, affine, mapping)[0]
+        image_path, _, affine, zooms = first
+        numbers = [n for n, _ in frames]
+        base = 0 if min(numbers) == 0 else 1  # ACDC counts frames from 1
+        meta_rows = self._metadata(root)
+        csv_path, row = meta_rows.get(subject_id) or meta_rows.get(patient) or (None, {})
+        ed = es = None
+        for what in ("ed_frame", "es_frame"):
+            value = csv_int(row.get(what), csv_path, f"{what} of {patient}") if row else None
+            if value is None:
+                continue
+            if value not in numbers:
+                raise DataError(csv_path, f"{what} of {patient} is {value}: for per-frame cases it is the frame "
+                                          f"number XX of the file names, and {patient} has frames {numbers}")
+            t = numbers.index(value)
+            if labels and t not in labels:
+                raise DataError(csv_path, f"{what} of {patient} is frame {value}, which has no label file; "
+                                          f"labeled frames are {[numbers[k] for k in sorted(labels)]}")
+            ed, es = (t, es) if what == "ed_frame" else (ed, t)
+        if ed is not None and ed == es:
+            raise DataError(csv_path, f"ed_frame and es_frame of {patient} are the same frame ({numbers[ed]})")
+        if ed is None and es is None and len(labels) >= 2:
+            ed, *rest = sorted(labels)
+            es = rest[0] if len(rest) == 1 else min(rest, key=lambda k: (int((labels[k] == LV).sum()), k))
+        known = {"subject", "dataset", "vendor", "centre", "center", "pathology", "ed_frame", "es_frame", "view"}
+        extra = {"dataset_name": meta.get("name"), "split": sub, "layout": "nnunet-per-frame",
+                 **{k: v for k, v in row.items() if v is not None and k not in known}}
+        return Subject(
+            subject_id=patient,
+            dataset=row.get("dataset") or "nifti",
+            image=np.stack(images, axis=-1),
+            spacing=tuple(zooms[:3]),
+            affine=affine,
+            labels=labels,
+            ed_frame=ed,
+            es_frame=es,
+            frame_numbers=[n - base for n in numbers],
             vendor=row.get("vendor"),
             centre=row.get("centre") or row.get("center"),
             pathology=row.get("pathology"),

@@ -80,15 +80,63 @@ def check_dicom_claim(path: Path, ds) -> None:
     check_claim(path, shape, itemsize, raw_bytes=None if compressed else len(ds.PixelData), holder="its PixelData")
 
 
-def read_series(folder: Path) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[int, int]], dict]:
-    """Read one DICOM cine folder -> (image (X, Y, Z, T) float32, affine RAS 4x4, file number -> (z, t), info)."""
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".dcm")
+def _read_header(f: Path):
+    try:
+        return pydicom.dcmread(f, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, ValueError, AttributeError, EOFError) as e:
+        raise DataError(f, f"cannot read DICOM image: {e}") from None
+
+
+def list_series(folder: Path) -> list[dict]:
+    """The DICOM series of a folder's ``.dcm`` files (headers only), most images first:
+    ``[{"uid", "description", "files"}]``."""
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() == ".dcm")
     if not files:
         raise DataError(folder, "no .dcm files")
-    items, series = [], defaultdict(list)
+    groups: dict[str, dict] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Sunnybrook UIDs have leading zeros, pydicom warns about each
         for f in files:
+            ds = _read_header(f)
+            uid = str(ds.get("SeriesInstanceUID", "") or "")
+            description = " ".join(str(ds.get("SeriesDescription", "") or "").split())
+            g = groups.setdefault(uid, {"uid": uid, "description": description, "files": []})
+            g["files"].append(f)
+    return sorted(groups.values(), key=lambda g: (-len(g["files"]), g["uid"]))
+
+
+def describe_series(series: list[dict]) -> str:
+    """``1.2.3 "SA cine" (240 images), 1.2.4 "localizer" (3 images)``."""
+    def images(n: int) -> str:
+        return f"{n} image" if n == 1 else f"{n} images"
+
+    return ", ".join(f"{g['uid'] or '(no SeriesInstanceUID)'} \"{g['description']}\" ({images(len(g['files']))})"
+                     for g in series)
+
+
+def read_series(folder: Path, series: str | None = None, several: str = "largest",
+                ) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[int, int]], dict]:
+    """Read one DICOM cine folder -> (image (X, Y, Z, T) float32, affine RAS 4x4, file number -> (z, t), info).
+
+    The series is chosen by SeriesInstanceUID: ``series`` if given (``DataError`` listing the folder's
+    series if it is not there); else the only one; else, with several, the one with the most images
+    (``several="largest"``, the Sunnybrook reader: ``info["series_ignored"]`` counts the others) or a
+    ``DataError`` listing them all (``several="error"``, ``predict``).
+    """
+    found = list_series(folder)
+    if series is not None:
+        chosen = next((g for g in found if g["uid"] == str(series).strip()), None)
+        if chosen is None:
+            raise DataError(folder, f"has no DICOM series {series!r}; its series: {describe_series(found)}")
+    elif len(found) > 1 and several == "error":
+        raise DataError(folder, f"holds {len(found)} DICOM series; choose one with --series UID: "
+                                f"{describe_series(found)}")
+    else:
+        chosen = found[0]
+    items = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for f in chosen["files"]:
             try:
                 ds = pydicom.dcmread(f)
             except (InvalidDicomError, OSError, ValueError, AttributeError, EOFError) as e:
@@ -104,9 +152,6 @@ def read_series(folder: Path) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[i
                 if tag not in ds:
                     raise DataError(f, f"missing DICOM tag {tag} (needed for the geometry)")
             items.append((f, ds, px))
-            series[str(ds.get("SeriesInstanceUID", ""))].append(items[-1])
-    uid = max(series, key=lambda k: len(series[k]))
-    items = series[uid]
 
     iop = np.array(items[0][1].ImageOrientationPatient, dtype=np.float64)
     row_cos, col_cos = iop[:3], iop[3:]
@@ -159,7 +204,9 @@ def read_series(folder: Path) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[i
         "model": str(ds0.get("ManufacturerModelName", "")) or None,
         "field_strength": float(ds0.MagneticFieldStrength) if ds0.get("MagneticFieldStrength") else None,
         "slice_gap_irregular": bool(np.ptp(gaps) > 0.1 * max(abs(float(np.mean(gaps))), 1e-6)),
-        "series_ignored": len(series) - 1,
+        "series_ignored": len(found) - 1,
+        "series_uid": chosen["uid"],
+        "series_description": chosen["description"] or None,
     }
     return image, _LPS_TO_RAS @ lps, index, info
 
