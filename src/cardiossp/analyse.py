@@ -1,7 +1,7 @@
 """``cardiossp analyse``: segment every frame of cine files and report the cardiac cycle.
 
 For each 4D input (NIfTI file or DICOM cine folder, as ``predict`` reads them) it writes
-``OUT/<name>/``: ``<name>_seg.nii.gz`` (every frame, internal labels), ``volumes.csv`` (LV,
+``OUT/<name>/``: ``<name>_seg.<ext>`` (every frame, internal labels, the input's format as ``predict``), ``volumes.csv`` (LV,
 MYO, RV volume per frame, mL), ``curve.png`` (LV and RV volume over the cycle, ED and ES
 marked), and one row per subject in ``OUT/summary.csv`` (ED, ES, where they came from,
 EDV / ESV / SV / EF for LV and RV, LV mass). ED and ES come from ``--phases`` (a CSV with
@@ -19,7 +19,7 @@ from .atomic import write_csv
 from .errors import DataError
 from .evaluate.cycle import CycleAnalysis, analyse_cycle, plot_cycle
 from .inference import Segmenter
-from .predict import _read_input, _stem, _write_labels, expand_inputs
+from .predict import _read_input, _stem, _write_labels, expand_inputs, output_name
 
 
 def read_phases(path: str | Path) -> dict[str, tuple[int, int]]:
@@ -42,7 +42,8 @@ def read_phases(path: str | Path) -> dict[str, tuple[int, int]]:
 
 
 def analyse_files(model, inputs, out_dir, phases: str | Path | None = None, tta: bool = False,
-                  largest_component: bool = True, device: str = "cpu", progress=None) -> pd.DataFrame:
+                  largest_component: bool = True, device: str = "cpu", progress=None,
+                  series: str | None = None) -> pd.DataFrame:
     """Segment each cine and write its cycle analysis; returns the summary table (also ``summary.csv``)."""
     seg = model if isinstance(model, Segmenter) else Segmenter.from_checkpoint(model, device=device)
     table = read_phases(phases) if phases else {}
@@ -50,7 +51,7 @@ def analyse_files(model, inputs, out_dir, phases: str | Path | None = None, tta:
     out_dir = Path(out_dir)
     rows = []
     for i, (kind, path) in enumerate(jobs):
-        image, spacing, affine, header, shape = _read_input(kind, path)
+        image, spacing, affine, header, shape = _read_input(kind, path, series)
         if image.ndim != 4 or image.shape[3] < 2:
             raise DataError(path, f"full-cycle analysis needs a cine (X, Y, Z, T) with T >= 2; got shape {image.shape}")
         name = _stem(path)
@@ -62,7 +63,7 @@ def analyse_files(model, inputs, out_dir, phases: str | Path | None = None, tta:
             raise DataError(path, e.problem) from None
         folder = out_dir / name
         folder.mkdir(parents=True, exist_ok=True)
-        _write_labels(labels, affine, header, shape, folder / f"{name}_seg.nii.gz")
+        _write_labels(labels, affine, header, shape, folder / output_name(kind, path))
         write_outputs(result, folder)
         rows.append(result.summary())
         if progress:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import app, console
+from .common import app, console, subject_progress
 
 
 @app.command()
@@ -20,14 +20,16 @@ def analyse(
     tta: bool = typer.Option(False, help="mirror test-time augmentation"),
     largest_component: bool = typer.Option(True, help="keep the largest connected component per class"),
     device: str = typer.Option("auto", help="auto (CUDA when there is one), cpu or cuda[:N]"),
+    series: Optional[str] = typer.Option(None, help="SeriesInstanceUID to read when a DICOM folder holds several"),
 ) -> None:
     """Segment every frame of each cine: LV / RV volume curves, ED / ES, EDV, ESV, SV, EF and LV mass."""
     from ..analyse import analyse_files
     from ..inference import Segmenter
 
     seg = Segmenter.from_checkpoint(model, tta=tta, device=device)
-    summary = analyse_files(seg, inputs, out, phases=phases, tta=tta, largest_component=largest_component,
-                            progress=lambda name, i, n: console.print(f"[{i}/{n}] {name}", highlight=False))
+    with subject_progress("analyse") as update:
+        summary = analyse_files(seg, inputs, out, phases=phases, tta=tta, largest_component=largest_component,
+                                progress=update, series=series)
     for row in summary.itertuples(index=False):
         console.print(f"{row.subject}: ED {row.ED}, ES {row.ES} ({row.phases_from}); LVEF {row.LV_EF:.1f} %, "
                       f"LV EDV {row.LV_EDV:.1f} mL, ESV {row.LV_ESV:.1f} mL, RVEF {row.RV_EF:.1f} %",

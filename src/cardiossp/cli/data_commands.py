@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ..errors import CardiosspError, ConfigError, DataError
-from .common import app, console, print_table
+from .common import app, console, print_table, subject_progress
 from .common import fail as _fail
 
 STRATIFY = ("auto", "vendor", "pathology", "dataset", "none")  # data.splits.make_split's stratify
@@ -46,8 +46,6 @@ def prepare(
     """Preprocess datasets into a slice cache (resample, crop/pad, z-score, float16, manifest).
 
     An existing cache keeps the subjects of its other sources; one prepare writes a cache at a time (others wait)."""
-    from rich.progress import Progress
-
     from ..data.cache import prepare as run
 
     if len(reader) != len(data):
@@ -56,13 +54,9 @@ def prepare(
     try:
         check_grid(spacing, size)
         _check_sources(reader, data)
-        with Progress(console=console, transient=True) as bar:
-            task = bar.add_task("prepare", total=None)
-
-            def progress(sid, i, n, reused):
-                bar.update(task, completed=i, total=n, description=f"{sid}{' (cached)' if reused else ''}")
-
-            run(zip(reader, data), out, spacing=spacing, size=size, progress=progress,
+        with subject_progress("prepare") as update:  # a bar on a terminal, else one line per subject
+            run(zip(reader, data), out, spacing=spacing, size=size,
+                progress=lambda sid, i, n, reused: update(sid, i, n, "(cached)" if reused else ""),
                 on_wait=lambda message: console.print(message))
     except CardiosspError as e:
         _fail(e)

@@ -138,8 +138,6 @@ def predict(
                                          "several series"),
 ) -> None:
     """Segment new images; outputs lie on each input's grid (labels 1 LV, 2 MYO, 3 RV unless --labels)."""
-    from rich.progress import Progress
-
     from ..data.labels import output_convention
     from ..inference import Segmenter
     from ..predict import predict_files
@@ -147,12 +145,9 @@ def predict(
     try:
         convention = output_convention(labels)  # a bad --labels fails before the model loads
         seg = Segmenter.from_checkpoint(model, tta=tta, device=device)
-        with Progress(console=console, transient=True) as bar:
-            task = bar.add_task("predict", total=None)
+        with subject_progress("predict") as update:  # a bar on a terminal, else one line per file
             written = predict_files(seg, inputs, out, tta=tta, largest_component=largest_component,
-                                    labels=convention, series=series,
-                                    progress=lambda name, i, n: bar.update(task, completed=i, total=n,
-                                                                           description=str(name)))
+                                    labels=convention, series=series, progress=update)
     except CardiosspError as e:
         fail(e)
     console.print(f"wrote {len(written)} segmentations to {out} ({convention.name} labels)")
