@@ -1,12 +1,16 @@
 """``cardiossp analyse``: segment every frame of cine files and report the cardiac cycle.
 
-For each 4D input (NIfTI, NRRD or MetaImage file or DICOM cine folder, as ``predict`` reads
-them) it writes ``OUT/<name>/``: ``<name>_seg.<ext>`` (every frame, internal labels, in the
-input's format as ``predict`` writes it), ``volumes.csv`` (LV, MYO, RV volume per frame, mL),
-``curve.png`` (LV and RV volume over the cycle, ED and ES marked), and one row per subject in ``OUT/summary.csv`` (ED, ES, where they came from,
-EDV / ESV / SV / EF for LV and RV, LV mass). ED and ES come from ``--phases`` (a CSV with
-columns ``name,ED,ES``, 0-based frame indices, ``name`` the input's file stem) when it lists
-the input, else from the LV volume curve (``evaluate.cycle.detect_ed_es``).
+For each 4D input (NIfTI, NRRD or MetaImage file, or DICOM cine folder, as ``predict`` reads
+them) it writes ``OUT/<name>/``:
+
+* ``<name>_seg.<ext>``: every frame, internal labels, in the input's format as ``predict`` writes it;
+* ``volumes.csv``: LV, MYO and RV volume per frame (mL);
+* ``curve.png``: LV and RV volume over the cycle, ED and ES marked;
+
+and one row per subject in ``OUT/summary.csv`` (ED, ES, where they came from, EDV / ESV / SV /
+EF for LV and RV, LV mass). ED and ES come from ``--phases`` (a CSV with columns ``name,ED,ES``,
+0-based frame indices, ``name`` the input's file stem) when it lists the input, else from the
+LV volume curve (``evaluate.cycle.detect_ed_es``).
 """
 
 from __future__ import annotations
