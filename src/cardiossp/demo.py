@@ -21,8 +21,15 @@ from .experiments.overlays import overlay_figure
 from .html_report import write_html_report
 
 
-def demo_plan(data: str | Path | None, reader: str):
+QUICK = {"pretrain": {"schedule.epochs": 4, "schedule.iters_per_epoch": 15},
+         "train": {"schedule.epochs": 8, "schedule.iters_per_epoch": 15, "schedule.val_every": 4}}
+
+
+def demo_plan(data: str | Path | None, reader: str, quick: bool = False):
     plan = load_plan("smoke")
+    if quick:  # a check that the install works: too short to learn every class
+        plan.pretrain = {**plan.pretrain, "set": QUICK["pretrain"]}
+        plan.train = {**plan.train, "set": QUICK["train"]}
     if data is not None:  # a real dataset: the cpu presets on their grid, budgets 5 and 10
         plan.data = [{"reader": reader, "path": str(data)}]
         plan.cache = {"spacing": 1.6, "size": 160}
@@ -38,9 +45,9 @@ def demo_plan(data: str | Path | None, reader: str):
 
 
 def run_demo(out: str | Path, data: str | Path | None = None, reader: str = "phantom",
-             say: Callable[[str], None] = print) -> dict:
+             say: Callable[[str], None] = print, quick: bool = False) -> dict:
     out = Path(out)
-    plan = demo_plan(data, reader)
+    plan = demo_plan(data, reader, quick)
     rows = run_campaign(plan, out, executor=LocalExecutor(), say=say)
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
@@ -54,5 +61,4 @@ def run_demo(out: str | Path, data: str | Path | None = None, reader: str = "pha
     if runs and split["test"]:
         report["overlays"] = overlay_figure(SliceCache(out / "cache"), split["test"][0], runs, out / "plots")
     report["html"] = write_html_report(out)
-    say(f"report: {report['html']}")
     return report

@@ -17,7 +17,7 @@ def demo_dir(tmp_path_factory):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("demo")
-    result = CliRunner().invoke(app, ["demo", "--out", str(out)])
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick"])  # the full demo: docs/RESULTS.md
     torch.set_num_threads(n)
     assert result.exit_code == 0, result.output
     return out
