@@ -20,7 +20,6 @@ from .experiments.execute import LocalExecutor
 from .experiments.overlays import overlay_figure
 from .html_report import write_html_report
 
-
 QUICK = {"pretrain": {"schedule.epochs": 4, "schedule.iters_per_epoch": 15},
          "train": {"schedule.epochs": 8, "schedule.iters_per_epoch": 15, "schedule.val_every": 4}}
 
