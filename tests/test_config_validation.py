@@ -283,3 +283,14 @@ def test_a_section_keeps_its_own_defaults():
     """PretrainConfig's schedule defaults to passes; overriding one key keeps the rest of that default."""
     cfg = load_config(PretrainConfig, "pretrain", None, {"schedule.epochs": 3})
     assert (cfg.schedule.epochs, cfg.schedule.epoch_mode) == (3, "pass")
+
+
+def test_python_built_configs_are_checked_before_any_work(tmp_path, phantom_cache):
+    from cardiossp.train.fit import train_segmentation
+
+    cache, split = phantom_cache
+    cfg = load_config(TrainConfig, "train", "tiny")
+    cfg.schedule.epochs = 0  # set in Python, after load_config's checks
+    with pytest.raises(ConfigError, match=r"train config: schedule.epochs must be an integer >= 1 \(got 0\)"):
+        train_segmentation(cfg, cache, split, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists() or not list((tmp_path / "run").rglob("*.ckpt"))

@@ -182,6 +182,11 @@ class RunSkeleton:
     def __init__(self, out: str | Path, resume: bool, finished_marker: str, cfg, monitor: str | None = None,
                  progress: bool = True, loggers: tuple[str, ...] = (), callbacks: list | None = None,
                  find_unused_parameters: bool = False):
+        from ..config import PretrainConfig
+        from ..config_checks import check_config
+
+        # configs built in Python skip load_config's checks: the same rules, before any work
+        check_config(cfg, "pretrain config" if isinstance(cfg, PretrainConfig) else "train config")
         self.out = Path(out)
         self.resume = resume
         self.ckpt_path = resume_point(self.out, resume, finished_marker)
