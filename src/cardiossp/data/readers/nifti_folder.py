@@ -98,6 +98,20 @@ def _strip_ext(name: str) -> str:
     return name
 
 
+_ROW_KEYS = {"subject", "dataset", "vendor", "centre", "center", "pathology", "ed_frame", "es_frame", "view"}
+
+
+def _row_fields(row: dict) -> dict:
+    """Subject fields from a metadata-table row (``center`` accepted for ``centre``)."""
+    return {"vendor": row.get("vendor"), "centre": row.get("centre") or row.get("center"),
+            "pathology": row.get("pathology"), "view": row.get("view") or "SA"}
+
+
+def _other_columns(row: dict) -> dict:
+    """The row's other non-empty columns, kept in ``Subject.extra``."""
+    return {k: v for k, v in row.items() if v is not None and k not in _ROW_KEYS}
+
+
 @READERS.register("nifti")
 class NiftiFolderReader(Reader):
     name = "nifti"
@@ -212,8 +226,7 @@ class NiftiFolderReader(Reader):
             raise DataError(csv_path, f"ed_frame and es_frame of {case} are the same frame ({ed})")
         if ed is None and es is None and image.shape[3] > 1:
             ed, es = ed_es_by_lv_volume(labels)
-        known = {"subject", "dataset", "vendor", "centre", "center", "pathology", "ed_frame", "es_frame", "view"}
-        extra.update({k: v for k, v in row.items() if v is not None and k not in known})
+        extra.update(_other_columns(row))
         return Subject(
             subject_id=case,
             dataset=row.get("dataset") or "nifti",
@@ -223,10 +236,7 @@ class NiftiFolderReader(Reader):
             labels=labels,
             ed_frame=ed,
             es_frame=es,
-            vendor=row.get("vendor"),
-            centre=row.get("centre") or row.get("center"),
-            pathology=row.get("pathology"),
-            view=row.get("view") or "SA",
+            **_row_fields(row),
             source=str(image_path),
             extra=extra,
         )
@@ -275,9 +285,8 @@ class NiftiFolderReader(Reader):
         if ed is None and es is None and len(labels) >= 2:
             ed, *rest = sorted(labels)
             es = rest[0] if len(rest) == 1 else min(rest, key=lambda k: (int((labels[k] == LV).sum()), k))
-        known = {"subject", "dataset", "vendor", "centre", "center", "pathology", "ed_frame", "es_frame", "view"}
         extra = {"dataset_name": meta.get("name"), "split": sub, "layout": "nnunet-per-frame",
-                 **{k: v for k, v in row.items() if v is not None and k not in known}}
+                 **_other_columns(row)}
         return Subject(
             subject_id=patient,
             dataset=row.get("dataset") or "nifti",
@@ -288,10 +297,7 @@ class NiftiFolderReader(Reader):
             ed_frame=ed,
             es_frame=es,
             frame_numbers=[n - base for n in numbers],
-            vendor=row.get("vendor"),
-            centre=row.get("centre") or row.get("center"),
-            pathology=row.get("pathology"),
-            view=row.get("view") or "SA",
+            **_row_fields(row),
             source=str(image_path),
             extra=extra,
         )
