@@ -141,9 +141,17 @@ class FinetuneConfig:
 class SemiConfig:
     """Semi-supervised fine-tuning (``cardiossp.semi``): ``method`` None = labeled slices only."""
 
-    method: str | None = spec(None, choices=SEMI_METHODS)  # mean-teacher | unimatch | bcp
+    method: str | None = spec(None, choices=SEMI_METHODS)  # mean-teacher | unimatch | bcp | self-training
     options: dict = spec(factory=dict)  # the method's options (see its ``defaults``)
     unlabeled_batch_size: int | None = spec(None, ge=1)  # None: the labeled batch size
+    pseudo_labels: str | None = None  # self-training: the folder `cardiossp pseudo-label` wrote
+
+    def cross_checks(self):
+        needs = self.method == "self-training"
+        if needs and not self.pseudo_labels:
+            yield "pseudo_labels", "the folder `cardiossp pseudo-label` wrote, for the self-training method", None
+        if self.pseudo_labels and not needs:
+            yield "method", "self-training when semi.pseudo_labels is set", self.method
 
 
 @dataclass
@@ -166,6 +174,8 @@ class TrainConfig:
 
     def cross_checks(self):
         yield from _divisible("data.patch_size", self.data.patch_size, self.model)
+        if self.semi.method == "self-training" and self.data.task != "cardiac":
+            yield "data.task", "cardiac for self-training (pseudo-labels are LV, MYO, RV)", self.data.task
         ft = self.finetune
         if ft.strategy == "warmup-frozen" and not 1 <= ft.warmup_frozen_epochs <= self.schedule.epochs:
             yield ("finetune.warmup_frozen_epochs", f"in [1, schedule.epochs = {self.schedule.epochs}] for the "

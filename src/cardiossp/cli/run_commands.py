@@ -1,4 +1,4 @@
-"""Run commands: train / finetune, pretrain, evaluate, predict, export."""
+"""Run commands: train / finetune, pretrain, evaluate, pseudo-label, predict, export."""
 
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ def train(
                                  "(segmentation + position pretext loss; --init a position run)"),
     warmup_frozen_epochs: int = typer.Option(0, help="epochs with a frozen encoder for warmup-frozen"),
     semi: Optional[str] = typer.Option(None, help="semi-supervised fine-tuning on the unlabeled slices too: "
-                                       "mean-teacher | unimatch | bcp"),
+                                       "mean-teacher | unimatch | bcp | self-training (give --pseudo-labels)"),
+    pseudo_labels: Optional[Path] = typer.Option(None, help="self-training: the folder `cardiossp pseudo-label` "
+                                                 "wrote (implies --semi self-training)"),
     encoder_weights: Optional[Path] = typer.Option(None, help="local file initialising the encoder, e.g. a "
                                                    "torchvision ResNet state dict for resnet_unet / deeplabv3"),
     resume: bool = typer.Option(False, help="continue an interrupted run from its last checkpoint"),
@@ -51,6 +53,9 @@ def train(
         over["finetune.init"] = str(init)
     if semi is not None:
         over["semi.method"] = semi
+    if pseudo_labels is not None:
+        over["semi.pseudo_labels"] = str(pseudo_labels.resolve())
+        over.setdefault("semi.method", "self-training")
     if encoder_weights is not None:
         over["model.encoder_weights"] = str(encoder_weights.resolve())
     if phases:
@@ -120,6 +125,25 @@ def evaluate(
     rows = [{"metric": k, **(v if isinstance(v, dict) else {"value": v})}
             for k, v in summary.get("overall", summary).items()]
     print_table(pd.DataFrame(rows), title=f"{run} ({subset})")
+
+
+@app.command("pseudo-label")
+def pseudo_label(
+    model: Path = typer.Option(..., help="teacher: a training run folder or checkpoint"),
+    cache: Path = typer.Option(..., help="cache folder (the teacher's grid)"),
+    split: Path = typer.Option(..., help="split file: its training and unlabeled subjects are labeled"),
+    out: Path = typer.Option(..., help="folder for the pseudo-labels (resumes if it exists)"),
+    tta: bool = typer.Option(True, help="mirror test-time augmentation"),
+    largest_component: bool = typer.Option(True, help="keep the largest 3D connected component per class"),
+    device: str = typer.Option("auto", help="auto (CUDA when there is one), cpu or cuda[:N]"),
+) -> None:
+    """Label every cached frame of the split's training and unlabeled subjects with a teacher, for
+    self-training (`cardiossp train --pseudo-labels OUT`); never val or test subjects."""
+    from ..pseudo_label import pseudo_label as make
+
+    with subject_progress("pseudo-label") as update:
+        make(model, cache, split, out, tta=tta, largest_component=largest_component, device=device, progress=update)
+    console.print(f"pseudo-labels: {out}", highlight=False)
 
 
 @app.command()

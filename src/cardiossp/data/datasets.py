@@ -2,7 +2,8 @@
 
 ``LabeledSlices``: 2D slices of labeled frames (ED / ES) of the given subjects, for
 supervised training and validation. ``UnlabeledSlices``: every 2D slice of every frame,
-labels never read, for pretraining.
+labels never read, for pretraining. ``PseudoLabeledSlices``: every slice of every frame with a
+teacher's pseudo-labels in place of labels (self-training), the cache's labels never read.
 
 Both carry per-slice targets that come from the acquisition geometry alone (PCL and the
 anatomical position pretext of Bai et al. 2019 need them; labels are never involved):
@@ -82,10 +83,13 @@ class LabeledSlices(GeometryTargets, Dataset):
     def __len__(self) -> int:
         return len(self.subject)
 
+    def _segmentation(self, i: int) -> np.ndarray:
+        return self.cache.label(self.subject[i], int(self.label_index[i]), int(self.slice[i]))
+
     def __getitem__(self, i: int) -> dict:
         s, z = self.subject[i], int(self.slice[i])
         image = torch.from_numpy(self.cache.image(s, int(self.frame[i]), z))[None]
-        seg = torch.from_numpy(self.cache.label(s, int(self.label_index[i]), z).astype(np.int64))[None]
+        seg = torch.from_numpy(self._segmentation(i).astype(np.int64))[None]
         item = {"image": image, "segmentation": seg}
         if self.transform is not None:
             item = self.transform(item)
@@ -119,3 +123,24 @@ class UnlabeledSlices(GeometryTargets, Dataset):
             out["subject"] = s
             return out
         return item
+
+
+class PseudoLabeledSlices(LabeledSlices):
+    """Every 2D slice of every cached frame of ``subjects``, with a teacher's pseudo-labels
+    (``data.pseudo.PseudoLabels``) as the segmentation: self-training's unlabeled batch. The cache's
+    own label arrays are never opened."""
+
+    def __init__(self, cache: SliceCache, pseudo, subjects: Sequence[str],
+                 transform: Callable[[dict], dict] | None = None):
+        self.cache, self.pseudo, self.transform = cache, pseudo, transform
+        rows = cache.rows(subjects=subjects)
+        if len(rows) == 0:
+            raise DataError(cache.path, f"no slices for {len(subjects)} subjects")
+        self.subject = rows["subject"].to_numpy()
+        self.frame = rows["frame"].to_numpy()
+        self.slice = rows["slice"].to_numpy()
+        self.phase = rows["phase"].to_numpy()
+        self._init_targets(cache, rows)
+
+    def _segmentation(self, i: int) -> np.ndarray:
+        return self.pseudo.label(self.subject[i], int(self.frame[i]), int(self.slice[i]))

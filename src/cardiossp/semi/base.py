@@ -22,7 +22,8 @@ deep-supervision outputs. ``step`` carries ``progress`` in [0, 1] (every ramp-up
 function of it, ``ssp.schedules``), the global step and the step's generator.
 
 Methods: ``mean-teacher`` (Tarvainen & Valpola 2017), ``unimatch`` (Yang et al. 2023),
-``bcp`` (Bai et al. 2023).
+``bcp`` (Bai et al. 2023), ``self-training`` (Yang et al. 2022, ST++: a fixed teacher's pseudo-labels,
+made once by ``cardiossp pseudo-label``; its unlabeled batch carries them as ``"segmentation"``).
 """
 
 from __future__ import annotations
@@ -122,12 +123,15 @@ class SemiMethod(nn.Module):
     """Base class: subclasses set ``name`` and ``defaults`` and implement ``training_terms``.
 
     ``find_unused_parameters``: whether some student parameters may get no gradient in a step
-    (DDP must then look for them).
+    (DDP must then look for them). ``uses_pseudo_labels``: the unlabeled batch comes from a store of a
+    teacher's pseudo-labels (``semi.pseudo_labels``, ``data.pseudo``) and carries ``"segmentation"``
+    like a labeled batch (same augmentation, deep-supervision targets), instead of the weak view alone.
     """
 
     name: ClassVar[str] = ""
     defaults: ClassVar[dict] = {}
     find_unused_parameters: ClassVar[bool] = False
+    uses_pseudo_labels: ClassVar[bool] = False
 
     def __init__(self, student: nn.Module, options: dict | None = None):
         super().__init__()

@@ -24,7 +24,8 @@ from lightning.pytorch.utilities import CombinedLoader
 from ..config import TrainConfig
 from ..data.augment import build_transforms, spatial_transforms, val_transforms
 from ..data.batch_augment import SeededParams, device_augmentation
-from ..data.datasets import LabeledSlices, UnlabeledSlices
+from ..data.datasets import LabeledSlices, PseudoLabeledSlices, UnlabeledSlices
+from ..data.pseudo import PseudoLabels
 from ..data.slices import SliceCache
 from ..data.splits import load_split, training_subjects
 from ..errors import ConfigError
@@ -46,7 +47,8 @@ def train_segmentation(
     callbacks: list | None = None,
 ) -> Path:
     """Train (or fine-tune, with ``cfg.finetune.init``) on the split's training subjects; returns ``out``.
-    With ``cfg.semi.method`` every step also draws a batch of unlabeled slices (``unlabeled_pool``)."""
+    With ``cfg.semi.method`` every step also draws a batch of unlabeled slices (``unlabeled_pool``); for
+    self-training, the pool's slices with the pseudo-labels of ``cfg.semi.pseudo_labels``."""
     sc = SliceCache(cache)
     sp = load_split(split)
     train_ids = training_subjects(sp, cfg.labeled_subjects, cfg.subset)
@@ -75,13 +77,21 @@ def train_segmentation(
         facts = {}
         if semi is not None:
             pool = unlabeled_pool(sp, train_ids, cfg.subset)
-            unl_ds = UnlabeledSlices(sc, pool, transform=SeededParams(d.augment, patch) if on_device
-                                     else spatial_transforms(d.augment, patch))
+            if semi.uses_pseudo_labels:  # self-training: the pool's slices with a teacher's labels, augmented as labeled
+                pseudo = PseudoLabels(cfg.semi.pseudo_labels, sc)
+                pseudo.require(pool)
+                unl_ds = PseudoLabeledSlices(sc, pseudo, pool, train_tf)
+            else:
+                unl_ds = UnlabeledSlices(sc, pool, transform=SeededParams(d.augment, patch) if on_device
+                                         else spatial_transforms(d.augment, patch))
             bu = run.rank_batch(cfg.semi.unlabeled_batch_size or d.batch_size, "semi.unlabeled_batch_size")
             unl_sampler = SeededSampler(len(unl_ds), cfg.seed + 1, num_samples=per_epoch * bu * run.world_size)
             unl_loader = seeded_loader(unl_ds, bu, d.num_workers, unl_sampler)
             train_loader = CombinedLoader({"labeled": train_loader, "unlabeled": unl_loader}, mode="min_size")
             facts = {"semi": cfg.semi.method, "unlabeled_subjects": len(pool), "unlabeled_slices": len(unl_ds)}
+            if semi.uses_pseudo_labels:
+                facts["pseudo_labels"] = {k: pseudo.record[k] for k in ("teacher", "teacher_sha256", "tta",
+                                                                        "largest_component")}
         run.save_config(cache=str(Path(cache).resolve()), split=str(Path(split).resolve()), train_subjects=train_ids,
                         train_slices=len(train_ds), **facts)
         val_loader = None

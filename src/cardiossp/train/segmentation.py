@@ -177,7 +177,9 @@ class SegmentationModule(L.LightningModule):
         to the task's classes; nearest-neighbour downsampled targets commute with this per-pixel lookup."""
         if isinstance(batch, dict) and "labeled" in batch:  # semi-supervised: only the labeled part has labels
             batch["labeled"] = self.on_after_batch_transfer(batch["labeled"], dataloader_idx)
-            if "aug_params" in batch["unlabeled"]:  # the weak view: geometry only
+            if "segmentation" in batch["unlabeled"]:  # pseudo-labels (self-training): treated as labeled
+                batch["unlabeled"] = self.on_after_batch_transfer(batch["unlabeled"], dataloader_idx)
+            elif "aug_params" in batch["unlabeled"]:  # the weak view: geometry only
                 u = batch["unlabeled"]
                 u["image"], _ = apply_batch(spatial_only(u.pop("aug_params")), u["image"], None, self._patch())
             return batch

@@ -1,0 +1,73 @@
+"""``cardiossp pseudo-label``: a teacher's predictions for a split's unlabeled subjects, for self-training.
+
+Self-training (Yang et al., ST++, CVPR 2022; Xie et al., Noisy Student, CVPR 2020): a model trained on the
+few labeled subjects (any of ours: supervised, UniMatch, BCP, ...) labels every cached frame of the
+unlabeled subjects once; a student then trains on the true labels plus these (``--semi self-training``,
+``semi.self_training``). Each frame goes through the teacher as at test time, on the cache's grid (no
+resampling): the whole slice, the mean softmax over the 4 in-plane mirrorings (``tta``) and the largest
+3D connected component per class (``largest_component``), which is what lifted BCP's 5-subject test Dice
+from 0.753 to 0.801 (docs/RESULTS.md). Subjects: the split's training and unlabeled subjects, never
+val or test; the cache's label arrays are never opened. Output: ``data.pseudo`` (resumable).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.labels import keep_largest_component
+from .data.pseudo import FORMAT, RECORD, read_record, write_subject
+from .data.slices import SliceCache, sha256
+from .data.splits import load_split, pretraining_subjects
+from .errors import DataError
+
+
+def pseudo_label(model: str | Path, cache: str | Path, split: str | Path, out: str | Path, tta: bool = True,
+                 largest_component: bool = True, device: str = "auto", progress=None) -> Path:
+    """Write (or complete) the pseudo-label store ``out`` for ``split``'s training and unlabeled subjects;
+    ``progress(subject, i, n)`` after each subject."""
+    from .inference import Segmenter
+
+    sc, sp, out = SliceCache(cache), load_split(split), Path(out)
+    seg = Segmenter.from_checkpoint(model, device=device, tta=tta)
+    if (seg.spacing, seg.size) != (float(sc.spacing), int(sc.size)):
+        raise DataError(sc.path, f"the teacher {seg.checkpoint} was trained on a {seg.spacing} mm / {seg.size} px "
+                                 f"grid, this cache is {sc.spacing} mm / {sc.size} px; pseudo-label a cache of its grid")
+    record = {"format": FORMAT, "teacher": str(Path(seg.checkpoint).resolve()), "teacher_sha256": sha256(Path(seg.checkpoint)),
+              "cache": str(sc.path.resolve()), "spacing": float(sc.spacing), "size": int(sc.size), "tta": bool(tta),
+              "largest_component": bool(largest_component), "subjects": {}}
+    if (out / RECORD).is_file():
+        old = read_record(out)
+        same = {k: old.get(k) for k in record if k != "subjects"} == {k: v for k, v in record.items() if k != "subjects"}
+        if not same:
+            raise DataError(out / RECORD, "holds pseudo-labels of another teacher, cache or setting; "
+                                          "choose another --out or delete it")
+        record["subjects"] = {s: r for s, r in old["subjects"].items()
+                              if (out / f"{s}.npy").is_file() and sha256(out / f"{s}.npy") == r.get("sha256")}
+    subjects = [s for s in pretraining_subjects(sp) if s not in record["subjects"]]
+    for i, subject in enumerate(subjects, 1):
+        labels, confidence = label_subject(seg, sc, subject, largest_component)
+        write_subject(out, record, subject, labels, confidence)
+        if progress is not None:
+            progress(subject, i, len(subjects))
+    if not (out / RECORD).is_file():  # nothing left to do, but the record must exist
+        from .atomic import write_json
+
+        write_json(out / RECORD, record)
+    return out
+
+
+def label_subject(seg, sc: SliceCache, subject: str, largest_component: bool) -> tuple[np.ndarray, list[float]]:
+    """Every cached frame of ``subject`` -> ((T, Z, S, S) uint8 labels, per-frame mean max-probability)."""
+    image = sc.image_array(subject)
+    labels = np.zeros(image.shape, dtype=np.uint8)
+    confidence = []
+    for t in range(image.shape[0]):
+        probs = seg.forward_slices(np.asarray(image[t], dtype=np.float32))  # (Z, C, S, S)
+        conf, lab = probs.max(1)
+        lab = lab.to(torch.uint8).numpy()
+        labels[t] = keep_largest_component(lab) if largest_component else lab
+        confidence.append(float(conf.mean()))
+    return labels, confidence

@@ -1,0 +1,138 @@
+"""Self-training: `pseudo-label` writes a teacher's predictions for the split's training and unlabeled
+subjects (never val / test, never reading their labels), checked against the network run by hand;
+the store is resumable and checked on use; the student trains through the real engine on them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cardiossp.config import TrainConfig, load_config
+from cardiossp.data.datasets import PseudoLabeledSlices
+from cardiossp.data.labels import keep_largest_component
+from cardiossp.data.pseudo import PseudoLabels
+from cardiossp.data.slices import SliceCache
+from cardiossp.data.splits import load_split, training_subjects
+from cardiossp.errors import ConfigError, DataError
+from cardiossp.inference import Segmenter
+from cardiossp.pseudo_label import pseudo_label
+from cardiossp.train.fit import train_segmentation, unlabeled_pool
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, phantom_cache):
+    cache, split = phantom_cache
+    cfg = load_config(TrainConfig, "train", "tiny", {"labeled_subjects": 2, "schedule.epochs": 1,
+                                                      "schedule.iters_per_epoch": 3, "data.batch_size": 4})
+    return train_segmentation(cfg, cache, split, tmp_path_factory.mktemp("teacher") / "run", progress=False)
+
+
+def guard_labels(monkeypatch, subjects):
+    real = SliceCache.label_array
+
+    def guarded(self, subject):
+        assert subject not in subjects, f"read the labels of {subject}"
+        return real(self, subject)
+
+    monkeypatch.setattr(SliceCache, "label_array", guarded)
+
+
+def test_pseudo_labels_are_the_teachers_argmax_and_never_read_labels(tmp_path, phantom_cache, teacher, monkeypatch):
+    cache, split = phantom_cache
+    sp, sc = load_split(split), SliceCache(cache)
+    guard_labels(monkeypatch, set(sc.subject_ids()))  # no subject's labels are read
+    out = pseudo_label(teacher, cache, split, tmp_path / "pl", tta=False, largest_component=False, device="cpu")
+    record = json.loads((out / "pseudo.json").read_text())
+    assert sorted(record["subjects"]) == sorted(set(sp["train"]) | set(sp["unlabeled"]))
+    assert not set(record["subjects"]) & (set(sp["val"]) | set(sp["test"]))
+    model = Segmenter.from_checkpoint(teacher, device="cpu").model.float().eval()
+    s = sp["unlabeled"][0]
+    image = torch.from_numpy(np.asarray(sc.image_array(s), dtype=np.float32))
+    with torch.no_grad():  # the reference: the network run by hand on every slice of every frame
+        out_ = model(image.reshape(-1, 1, *image.shape[-2:]))
+        want = (out_[0] if isinstance(out_, (list, tuple)) else out_).argmax(1).reshape(image.shape).numpy()
+    got = np.load(out / f"{s}.npy")
+    assert got.dtype == np.uint8 and got.shape == image.shape
+    assert (got == want).mean() > 0.999  # bf16 / fp32 ties at most
+    assert len(record["subjects"][s]["mean_confidence"]) == image.shape[0]
+
+
+def test_clean_up_and_resume(tmp_path, phantom_cache, teacher):
+    cache, split = phantom_cache
+    out = pseudo_label(teacher, cache, split, tmp_path / "pl", device="cpu")  # TTA + largest component
+    record = json.loads((out / "pseudo.json").read_text())
+    s = sorted(record["subjects"])[0]
+    labels = np.load(out / f"{s}.npy")
+    for t in range(labels.shape[0]):
+        assert np.array_equal(keep_largest_component(labels[t]), labels[t])  # one 3D component per class
+    (out / f"{s}.npy").write_bytes(b"damaged")
+    before = {k: (out / f"{k}.npy").stat().st_mtime_ns for k in record["subjects"] if k != s}
+    pseudo_label(teacher, cache, split, out, device="cpu")
+    assert np.array_equal(np.load(out / f"{s}.npy"), labels)  # only the damaged subject is written again
+    assert {k: (out / f"{k}.npy").stat().st_mtime_ns for k in before} == before
+    with pytest.raises(DataError, match="another teacher, cache or setting"):
+        pseudo_label(teacher, cache, split, out, tta=False, device="cpu")
+
+
+def test_store_is_checked_on_use(tmp_path, phantom_cache, teacher):
+    cache, split = phantom_cache
+    sc = SliceCache(cache)
+    out = pseudo_label(teacher, cache, split, tmp_path / "pl", tta=False, device="cpu")
+    store = PseudoLabels(out, sc)
+    pool = unlabeled_pool(load_split(split), training_subjects(load_split(split), 2))
+    store.require(pool)
+    with pytest.raises(DataError, match="no pseudo-labels for 1 subject"):
+        store.require(pool + [load_split(split)["test"][0]])
+    arr = np.load(out / f"{pool[0]}.npy")
+    np.save(out / f"{pool[0]}.npy", (arr + 1) % 4)  # same shape, other contents
+    with pytest.raises(DataError, match="SHA-256"):
+        PseudoLabels(out, sc).require(pool)
+    np.save(out / f"{pool[0]}.npy", arr[:, :1])
+    with pytest.raises(DataError, match="do not fit the cached image"):
+        PseudoLabels(out, sc).array(pool[0])
+    rec = json.loads((out / "pseudo.json").read_text())
+    (out / "pseudo.json").write_text(json.dumps({**rec, "size": 32}))
+    with pytest.raises(DataError, match="px grid"):
+        PseudoLabels(out, sc)
+
+
+def test_pseudo_labeled_slices_carry_the_store(tmp_path, phantom_cache, teacher, monkeypatch):
+    cache, split = phantom_cache
+    sc = SliceCache(cache)
+    out = pseudo_label(teacher, cache, split, tmp_path / "pl", tta=False, device="cpu")
+    pool = unlabeled_pool(load_split(split), training_subjects(load_split(split), 2))
+    guard_labels(monkeypatch, set(pool))
+    ds = PseudoLabeledSlices(sc, PseudoLabels(out, sc), pool)
+    assert len(ds) == len(sc.rows(subjects=pool))  # every slice of every cached frame
+    for i in (0, len(ds) - 1):
+        item = ds[i]
+        want = np.load(out / f"{ds.subject[i]}.npy")[int(ds.frame[i]), int(ds.slice[i])]
+        assert np.array_equal(item["segmentation"][0].numpy(), want)
+
+
+def test_student_trains_on_pseudo_labels_without_reading_pool_labels(tmp_path, phantom_cache, teacher, monkeypatch):
+    cache, split = phantom_cache
+    out = pseudo_label(teacher, cache, split, tmp_path / "pl", device="cpu")
+    pool = unlabeled_pool(load_split(split), training_subjects(load_split(split), 2))
+    guard_labels(monkeypatch, set(pool))
+    cfg = load_config(TrainConfig, "train", "tiny", {"labeled_subjects": 2, "schedule.epochs": 1,
+                                                      "schedule.iters_per_epoch": 2, "data.batch_size": 4,
+                                                      "semi.method": "self-training",
+                                                      "semi.pseudo_labels": str(out)})
+    run = train_segmentation(cfg, cache, split, tmp_path / "student", progress=False)
+    done = json.loads((run / "done.json").read_text())
+    assert done["semi"] == "self-training" and done["unlabeled_subjects"] == len(pool)
+    assert done["pseudo_labels"]["tta"] is True and done["pseudo_labels"]["teacher_sha256"]
+    m = pd.read_csv(run / "logs" / "metrics.csv")
+    assert (m.dropna(subset=["train_unsup"])["train_unsup"] > 0).all()
+
+
+def test_config_pairs_method_and_store():
+    with pytest.raises(ConfigError, match="pseudo_labels"):
+        load_config(TrainConfig, "train", "tiny", {"semi.method": "self-training"})
+    with pytest.raises(ConfigError, match="self-training when semi.pseudo_labels"):
+        load_config(TrainConfig, "train", "tiny", {"semi.method": "unimatch", "semi.pseudo_labels": "x"})
