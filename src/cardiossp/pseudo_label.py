@@ -34,14 +34,15 @@ def pseudo_label(model: str | Path, cache: str | Path, split: str | Path, out: s
     seg = Segmenter.from_checkpoint(model, device=device, tta=tta)
     if (seg.spacing, seg.size) != (float(sc.spacing), int(sc.size)):
         raise DataError(sc.path, f"the teacher {seg.checkpoint} was trained on a {seg.spacing} mm / {seg.size} px "
-                                 f"grid, this cache is {sc.spacing} mm / {sc.size} px; pseudo-label a cache of its grid")
-    record = {"format": FORMAT, "teacher": str(Path(seg.checkpoint).resolve()), "teacher_sha256": sha256(Path(seg.checkpoint)),
+                                 f"grid, this cache is {sc.spacing} mm / {sc.size} px; use a cache of its grid")
+    ckpt = Path(seg.checkpoint)
+    record = {"format": FORMAT, "teacher": str(ckpt.resolve()), "teacher_sha256": sha256(ckpt),
               "cache": str(sc.path.resolve()), "spacing": float(sc.spacing), "size": int(sc.size), "tta": bool(tta),
               "largest_component": bool(largest_component), "subjects": {}}
     if (out / RECORD).is_file():
         old = read_record(out)
-        same = {k: old.get(k) for k in record if k != "subjects"} == {k: v for k, v in record.items() if k != "subjects"}
-        if not same:
+        settings = [k for k in record if k != "subjects"]
+        if any(old.get(k) != record[k] for k in settings):
             raise DataError(out / RECORD, "holds pseudo-labels of another teacher, cache or setting; "
                                           "choose another --out or delete it")
         record["subjects"] = {s: r for s, r in old["subjects"].items()

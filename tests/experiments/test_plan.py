@@ -139,3 +139,30 @@ def test_semi_axis_and_study_lists():
     assert split_semi("mean-teacher") == ("scratch", "mean-teacher") and split_semi("mim") == ("mim", None)
     with pytest.raises(ConfigError, match="not a semi-supervised method"):
         split_semi("mim+fixmatch")
+
+
+def test_self_training_arm_trains_its_teacher_first(tmp_path):
+    """``bcp+self-training``: the teacher ``runs/bcp-n5-s0`` is its own run, listed before the student,
+    which learns from ``pseudo/bcp-n5-s0`` and starts where the teacher started (MIM for mim+bcp)."""
+    plan = tmp_path / "p.yaml"
+    plan.write_text("data: [{reader: phantom, path: builtin}]\ntrain: {preset: tiny}\nstudies:\n  label_budget: "
+                    "{methods: [bcp+self-training, mim+bcp+self-training, scratch+self-training], budgets: [5]}\n")
+    runs = expand(load_plan(plan))
+    names = [r.name for r in runs]
+    by_name = {r.name: r for r in runs}
+    for teacher, student in [("runs/bcp-n5-s0", "runs/bcp+self-training-n5-s0"),
+                             ("runs/mim+bcp-n5-s0", "runs/mim+bcp+self-training-n5-s0"),
+                             ("runs/scratch-n5-s0", "runs/scratch+self-training-n5-s0")]:
+        s = by_name[student]
+        assert names.index(teacher) < names.index(student) and s.teacher == teacher
+        assert s.overrides()["semi.method"] == "self-training"
+        assert s.overrides()["semi.pseudo_labels"] == "pseudo/" + teacher.removeprefix("runs/")
+        assert s.needs == by_name[teacher].needs
+    assert by_name["runs/mim+bcp+self-training-n5-s0"].needs == "pretrain/mim-s0"
+    assert "semi.method" not in by_name["runs/scratch-n5-s0"].overrides()
+    for bad, needle in [("self-training", "names no teacher"), ("+self-training", "teacher arm"),
+                        ("bcp+self-training+self-training", "teacher arm")]:
+        plan.write_text(f"data: [{{reader: phantom, path: builtin}}]\ntrain: {{preset: tiny}}\nstudies:\n"
+                        f"  label_budget: {{methods: ['{bad}'], budgets: [5]}}\n")
+        with pytest.raises(ConfigError, match=needle):
+            expand(load_plan(plan))

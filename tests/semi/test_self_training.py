@@ -23,14 +23,6 @@ from cardiossp.pseudo_label import pseudo_label
 from cardiossp.train.fit import train_segmentation, unlabeled_pool
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory, phantom_cache):
-    cache, split = phantom_cache
-    cfg = load_config(TrainConfig, "train", "tiny", {"labeled_subjects": 2, "schedule.epochs": 1,
-                                                      "schedule.iters_per_epoch": 3, "data.batch_size": 4})
-    return train_segmentation(cfg, cache, split, tmp_path_factory.mktemp("teacher") / "run", progress=False)
-
-
 def guard_labels(monkeypatch, subjects):
     real = SliceCache.label_array
 
@@ -136,3 +128,35 @@ def test_config_pairs_method_and_store():
         load_config(TrainConfig, "train", "tiny", {"semi.method": "self-training"})
     with pytest.raises(ConfigError, match="self-training when semi.pseudo_labels"):
         load_config(TrainConfig, "train", "tiny", {"semi.method": "unimatch", "semi.pseudo_labels": "x"})
+
+
+@pytest.mark.slow
+def test_campaign_runs_teacher_then_pseudo_labels_then_student(tmp_path):
+    """A real campaign on the phantom: the student waits for its teacher (``needs``), then the executor
+    labels the pool with it and trains on those labels; a rerun redoes nothing."""
+    import yaml
+
+    from cardiossp.experiments import load_plan, run_campaign
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({
+        "data": [{"reader": "phantom", "path": "builtin"}],
+        "phantom": {"n_subjects": 8, "n_unlabeled": 1, "size": 48, "n_slices": 3, "n_frames": 3, "seed": 0},
+        "cache": {"spacing": 1.5, "size": 48}, "split": {"seed": 0, "val": 1, "test": 2},
+        "train": {"preset": "tiny", "set": {"data.patch_size": 48, "schedule.epochs": 1,
+                                            "schedule.iters_per_epoch": 2}},
+        "studies": {"label_budget": {"methods": ["scratch+self-training"], "budgets": [2], "seeds": [0]}}}))
+    out = tmp_path / "c"
+    student = "runs/scratch+self-training-n2-s0"
+    rows = run_campaign(load_plan(plan), out, shard=(1, 2), say=lambda s: None)  # the student's shard alone
+    assert rows == [{"run": student, "status": "needs runs/scratch-n2-s0"}]
+    rows = run_campaign(load_plan(plan), out, say=lambda s: None)
+    assert [r["status"] for r in rows] == ["ran", "ran"]
+    done = json.loads((out / student / "done.json").read_text())
+    assert done["semi"] == "self-training"
+    assert done["pseudo_labels"]["teacher"] == str((out / "runs/scratch-n2-s0/checkpoints/best.ckpt").resolve())
+    record = json.loads((out / "pseudo/scratch-n2-s0/pseudo.json").read_text())
+    sp = load_split(out / "split.yaml")
+    assert sorted(record["subjects"]) == sorted(set(sp["train"]) | set(sp["unlabeled"]))
+    assert (out / student / "eval" / "test" / "summary.json").is_file()
+    assert [r["status"] for r in run_campaign(load_plan(plan), out, say=lambda s: None)] == ["done", "done"]

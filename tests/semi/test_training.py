@@ -55,17 +55,20 @@ class FirstWeights(Callback):
 
 def test_every_semi_method_and_model_is_listed():
     assert set(MODELS.names()) == set(TINY_MODELS)
-    assert set(SEMI_METHODS.names()) == {"mean-teacher", "unimatch", "bcp"}
+    assert set(SEMI_METHODS.names()) == {"mean-teacher", "unimatch", "bcp", "self-training"}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("init", ["scratch", "mim"])
 @pytest.mark.parametrize("model", sorted(TINY_MODELS))
-@pytest.mark.parametrize("method", sorted(["mean-teacher", "unimatch", "bcp"]))
-def test_semi_method_trains_every_model_from_every_start(tmp_path, phantom_cache, one_thread, method, model, init):
+@pytest.mark.parametrize("method", sorted(["mean-teacher", "unimatch", "bcp", "self-training"]))
+def test_semi_method_trains_every_model_from_every_start(tmp_path, phantom_cache, one_thread, method, model, init,
+                                                         request):
     cache, split = phantom_cache
     # BCP's mixed loss from step 0; every UniMatch pixel confident (an untrained net reaches no 0.95)
     over = {"semi.options": {"bcp": {"warmup_fraction": 0.0}, "unimatch": {"threshold": 0.0}}.get(method, {})}
+    if method == "self-training":
+        over["semi.pseudo_labels"] = str(request.getfixturevalue("pseudo_store"))
     if init != "scratch":
         model_over = {k.removeprefix("model."): v for k, v in {"name": model, **TINY_MODELS[model]}.items()}
         record = write_pretrained(tmp_path / "pre", method=init, **{k: v for k, v in model_over.items()})

@@ -10,6 +10,7 @@ from ..data.slices import SliceCache
 from ..data.splits import load_split, make_split, save_split
 from ..errors import ConfigError
 from ..evaluate.run import evaluate_run
+from ..pseudo_label import pseudo_label
 from ..train.fit import train_segmentation
 from ..train.pretrain import pretrain
 from .plan import Plan, RunSpec, pretrain_config, train_config
@@ -46,6 +47,7 @@ class LocalExecutor:
         self.device = device
         self.cache: Path | None = None
         self.split: Path | None = None
+        self.out: Path | None = None  # the campaign folder
         self.plan: Plan | None = None
 
     def prepare(self, plan: Plan, out: Path) -> None:
@@ -53,6 +55,7 @@ class LocalExecutor:
         cache's lock in turn (``data.cache.cache_lock``), so the first writes and the others reuse."""
         with cache_lock(out / "cache"):
             self._prepare(plan, out)
+        self.out = out
 
     def _prepare(self, plan: Plan, out: Path) -> None:
         sources = []
@@ -88,6 +91,10 @@ class LocalExecutor:
         over = {**spec.overrides(), **self._nodes()}
         if init is not None:
             over["finetune.init"] = str(init)
+        if spec.teacher is not None:  # self-training: label the pool with the (finished) teacher run first
+            over["semi.pseudo_labels"] = str(self.out / over["semi.pseudo_labels"])
+            pseudo_label(self.out / spec.teacher, self.cache, self.split, over["semi.pseudo_labels"],
+                         device=self.device)
         cfg = train_config(self.plan, over)
         train_segmentation(cfg, self.cache, self.split, folder,
                            resume=(folder / "checkpoints" / "last.ckpt").exists(), progress=self.progress)

@@ -27,6 +27,9 @@ a start given by config values instead of a pretraining run (e.g. ImageNet weigh
 SSL+Decoder, ``position:multitask`` Bai et al.'s SSL+MultiTask); its runs are ``<method>-<strategy>-n...``.
 A ``+semi`` suffix fine-tunes semi-supervised (``cardiossp.semi``): ``unimatch`` alone is scratch +
 UniMatch, ``mim+unimatch`` UniMatch from the MIM pretraining; runs are ``<method>-n...`` as written.
+``<arm>+self-training`` is self-training (ST++) on the pseudo-labels of the run ``<arm>`` (same budget,
+seed, phases, subset; trained first, as its own run): ``bcp+self-training`` labels the unlabeled pool
+with ``runs/bcp-n5-s0`` (``pseudo/bcp-n5-s0``) and trains a student from the teacher's start on them.
 The ``convergence`` study (Kalapos & Gyires-Tóth 2022) trains at one budget and compares how fast
 validation Dice rises; give it ``train.set: {schedule.val_every: 1}`` for a fine-grained curve.
 A fine-tuning run with seed ``s`` starts from the method's pretraining seed ``s`` when the plan
@@ -43,6 +46,7 @@ from ..config_checks import build, problems, read_yaml_mapping, spec
 from ..errors import CardiosspError, ConfigError
 
 SCRATCH = "scratch"
+SELF_TRAINING = "self-training"
 DEFAULT_PHASES = ("ED", "ES")
 
 # ---- what a plan file may hold, checked by load_plan with config_checks (like a run config)
@@ -132,6 +136,7 @@ class RunSpec:
     init_set: dict = field(default_factory=dict)  # config values of a named start (plan ``inits``)
     strategy: str | None = None  # fine-tuning strategy (None: the training preset's)
     semi: str | None = None  # semi-supervised method (None: labeled slices only)
+    teacher: str | None = None  # self-training: the run whose pseudo-labels the student learns from
     studies: list[str] = field(default_factory=list)
 
     def overrides(self) -> dict:
@@ -146,7 +151,14 @@ class RunSpec:
             over["finetune.strategy"] = self.strategy
         if self.semi is not None:
             over["semi.method"] = self.semi
+        if self.teacher is not None:  # relative to the campaign folder; the executor makes it absolute
+            over["semi.pseudo_labels"] = pseudo_folder(self.teacher)
         return {**self.init_set, **over}
+
+
+def pseudo_folder(teacher: str) -> str:
+    """Where a campaign keeps the pseudo-labels of teacher run ``runs/<name>``: ``pseudo/<name>``."""
+    return "pseudo/" + teacher.removeprefix("runs/")
 
 
 @dataclass
@@ -320,11 +332,23 @@ def expand(plan: Plan, studies: list[str] | None = None) -> list[RunSpec]:
 
     default_aug = train_config(plan, {}).data.augment
 
-    def add(study: str, method: str, seed: int, budget=None, phases=DEFAULT_PHASES, augment=None, subset=None):
+    def add(study: str, method: str, seed: int, budget=None, phases=DEFAULT_PHASES, augment=None, subset=None) -> str:
         augment = augment or default_aug
         name = _run_name(method, seed, budget, phases, None if augment == default_aug else augment, subset)
         if name not in train_runs:
-            start, semi = split_semi(method)
+            teacher_arm, plus, last = method.rpartition("+")
+            teacher = None
+            if plus and last == SELF_TRAINING:  # the teacher is a run of its own, trained first
+                if not teacher_arm or split_semi(teacher_arm)[1] == SELF_TRAINING:
+                    raise ConfigError(f"plan {plan.name!r}: {method!r}: the teacher arm before +{SELF_TRAINING} "
+                                      "must be a method that is not self-training itself, e.g. bcp")
+                teacher = add(study, teacher_arm, seed, budget, phases, augment, subset)
+                start, semi = split_semi(teacher_arm)[0], SELF_TRAINING  # the student starts where the teacher did
+            else:
+                start, semi = split_semi(method)
+            if semi == SELF_TRAINING and teacher is None:
+                raise ConfigError(f"plan {plan.name!r}: {method!r} names no teacher; write <arm>+{SELF_TRAINING}, "
+                                  f"e.g. bcp+{SELF_TRAINING}")
             start, _, strategy = start.partition(":")
             needs = None
             if start != SCRATCH and start not in plan.inits:
@@ -334,9 +358,10 @@ def expand(plan: Plan, studies: list[str] | None = None) -> list[RunSpec]:
                                   f"to fine-tune with {strategy!r}")
             train_runs[name] = RunSpec("train", name, method, seed, budget, tuple(phases), augment, subset, needs,
                                        init_set=dict(plan.inits.get(start) or {}), strategy=strategy or None,
-                                       semi=semi)
+                                       semi=semi, teacher=teacher)
         if study not in train_runs[name].studies:
             train_runs[name].studies.append(study)
+        return name
 
     parts = [(study, part) for study, spec in chosen.items() for part in (spec if isinstance(spec, list) else [spec])]
     for study, s in parts:

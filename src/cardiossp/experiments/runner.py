@@ -11,8 +11,8 @@ Layout of a campaign folder::
 A finished run is skipped; an interrupted one resumes from its last checkpoint; a run that
 raises writes ``failed.json`` (error and traceback) and the campaign goes on with the others
 (it is retried next time). ``shard=(i, n)`` runs the runs whose index modulo ``n`` is ``i``
-(for a cluster job array); a fine-tuning run whose pretraining is not finished yet is reported
-``blocked`` and left for a later call.
+(for a cluster job array); a fine-tuning run whose pretraining (or, for self-training, whose teacher
+run) is not finished yet is reported ``needs <run>`` and left for a later call.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ def status(spec: RunSpec, out: Path) -> str:
         return "failed"
     if spec.needs and not (out / spec.needs / "pretrained.pt").is_file():
         return f"needs {spec.needs}"
+    if spec.teacher and not (out / spec.teacher / "done.json").is_file():
+        return f"needs {spec.teacher}"
     return "started" if (folder / "checkpoints" / "last.ckpt").is_file() else "to run"
 
 

@@ -77,7 +77,7 @@ def train_segmentation(
         facts = {}
         if semi is not None:
             pool = unlabeled_pool(sp, train_ids, cfg.subset)
-            if semi.uses_pseudo_labels:  # self-training: the pool's slices with a teacher's labels, augmented as labeled
+            if semi.uses_pseudo_labels:  # self-training: the pool's slices, a teacher's labels, labeled augmentation
                 pseudo = PseudoLabels(cfg.semi.pseudo_labels, sc)
                 pseudo.require(pool)
                 unl_ds = PseudoLabeledSlices(sc, pseudo, pool, train_tf)
