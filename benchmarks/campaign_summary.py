@@ -2,10 +2,12 @@
 
     python benchmarks/campaign_summary.py bench/few            # every evaluated run
     python benchmarks/campaign_summary.py bench/few --runs 'unimatch-*' 'scratch-*'
+    python benchmarks/campaign_summary.py bench/few --eval test-tta-lcc   # mirror TTA + largest component
 
 Columns: mean and per-class test 3D Dice (native grid), HD95 per class (mm), LVEF absolute error
 (percentage points), training wall time (``done.json`` seconds; minutes) and the final validation
-pseudo-Dice. Reads ``RUN/eval/test/summary.json`` and ``RUN/done.json``.
+pseudo-Dice. Reads ``RUN/eval/<--eval>/summary.json`` and ``RUN/done.json``. A self-training run's minutes
+include its teacher's (``done.json`` ``pseudo_labels.teacher``), the pseudo-labelling excepted.
 """
 
 from __future__ import annotations
@@ -16,8 +18,18 @@ import json
 from pathlib import Path
 
 
-def row(run: Path) -> str | None:
-    summary, done = run / "eval" / "test" / "summary.json", run / "done.json"
+def train_seconds(done: dict) -> float:
+    """A run's training seconds, plus its teacher's for self-training (the teacher's run folder holds it)."""
+    seconds = float(done["seconds"])
+    teacher = (done.get("pseudo_labels") or {}).get("teacher")
+    if teacher:
+        t = Path(teacher).parent.parent / "done.json"
+        seconds += train_seconds(json.loads(t.read_text())) if t.is_file() else float("nan")
+    return seconds
+
+
+def row(run: Path, evaluation: str = "test") -> str | None:
+    summary, done = run / "eval" / evaluation / "summary.json", run / "done.json"
     if not summary.is_file() or not done.is_file():
         return None
     o, d = json.loads(summary.read_text()), json.loads(done.read_text())
@@ -27,18 +39,21 @@ def row(run: Path) -> str | None:
     ef = clin.get("LV_EF", {}).get("mae", float("nan"))
     val = d.get("metrics", {}).get("val_dice", float("nan"))
     return (f"| {run.name} | {ov['dice_mean']['mean']:.3f} | " + " / ".join(f"{v:.3f}" for v in dice) + " | "
-            + " / ".join(f"{v:.1f}" for v in hd) + f" | {ef:.1f} | {d['seconds'] / 60:.1f} | {val:.3f} |")
+            + " / ".join(f"{v:.1f}" for v in hd) + f" | {ef:.1f} | {train_seconds(d) / 60:.1f} | {val:.3f} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("campaign", type=Path)
     ap.add_argument("--runs", nargs="*", default=["*"], help="run-name patterns")
+    ap.add_argument("--eval", default="test", help="evaluation folder: test, test-tta-lcc, ...")
+    ap.add_argument("--also", nargs="*", type=Path, default=[], help="run folders outside the campaign")
     args = ap.parse_args()
     print("| run | mean Dice | LV / MYO / RV Dice | HD95 LV / MYO / RV (mm) | LVEF error (%) | train min | val |")
     print("|---|---|---|---|---|---|---|")
-    for run in sorted((args.campaign / "runs").iterdir()):
-        if any(fnmatch.fnmatch(run.name, p) for p in args.runs) and (line := row(run)):
+    runs = [r for r in sorted((args.campaign / "runs").iterdir()) if any(fnmatch.fnmatch(r.name, p) for p in args.runs)]
+    for run in runs + list(args.also):
+        if line := row(run, args.eval):
             print(line)
 
 

@@ -166,3 +166,15 @@ def test_self_training_arm_trains_its_teacher_first(tmp_path):
                         f"  label_budget: {{methods: ['{bad}'], budgets: [5]}}\n")
         with pytest.raises(ConfigError, match=needle):
             expand(load_plan(plan))
+
+
+def test_plan_evaluate_section_picks_the_test_evaluation(tmp_path):
+    plan = tmp_path / "p.yaml"
+    text = "data: [{reader: phantom, path: builtin}]\ntrain: {preset: tiny}\nstudies: {label_budget: {budgets: [2]}}\n"
+    plan.write_text(text)
+    assert [r.eval_folder for r in expand(load_plan(plan))] == ["test"]
+    plan.write_text(text + "evaluate: {tta: true, largest_component: true}\n")
+    assert [r.eval_folder for r in expand(load_plan(plan))] == ["test-tta-lcc"]
+    plan.write_text(text + "evaluate: {tta: maybe}\n")
+    with pytest.raises(ConfigError, match="evaluate.tta"):
+        load_plan(plan)

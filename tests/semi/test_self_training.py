@@ -133,10 +133,12 @@ def test_config_pairs_method_and_store():
 @pytest.mark.slow
 def test_campaign_runs_teacher_then_pseudo_labels_then_student(tmp_path):
     """A real campaign on the phantom: the student waits for its teacher (``needs``), then the executor
-    labels the pool with it and trains on those labels; a rerun redoes nothing."""
+    labels the pool with it and trains on those labels; the plan's ``evaluate`` section picks the test
+    evaluation the results come from; a rerun redoes nothing."""
     import yaml
 
     from cardiossp.experiments import load_plan, run_campaign
+    from cardiossp.experiments.results import collect_results
 
     plan = tmp_path / "plan.yaml"
     plan.write_text(yaml.safe_dump({
@@ -145,6 +147,7 @@ def test_campaign_runs_teacher_then_pseudo_labels_then_student(tmp_path):
         "cache": {"spacing": 1.5, "size": 48}, "split": {"seed": 0, "val": 1, "test": 2},
         "train": {"preset": "tiny", "set": {"data.patch_size": 48, "schedule.epochs": 1,
                                             "schedule.iters_per_epoch": 2}},
+        "evaluate": {"tta": True, "largest_component": True},
         "studies": {"label_budget": {"methods": ["scratch+self-training"], "budgets": [2], "seeds": [0]}}}))
     out = tmp_path / "c"
     student = "runs/scratch+self-training-n2-s0"
@@ -158,5 +161,8 @@ def test_campaign_runs_teacher_then_pseudo_labels_then_student(tmp_path):
     record = json.loads((out / "pseudo/scratch-n2-s0/pseudo.json").read_text())
     sp = load_split(out / "split.yaml")
     assert sorted(record["subjects"]) == sorted(set(sp["train"]) | set(sp["unlabeled"]))
-    assert (out / student / "eval" / "test" / "summary.json").is_file()
+    summary = json.loads((out / student / "eval" / "test-tta-lcc" / "summary.json").read_text())
+    assert summary["tta"] and summary["largest_component"]
+    results = collect_results(out)
+    assert set(results["run"]) == {"scratch-n2-s0", "scratch+self-training-n2-s0"}
     assert [r["status"] for r in run_campaign(load_plan(plan), out, say=lambda s: None)] == ["done", "done"]

@@ -103,4 +103,5 @@ class LocalExecutor:
         return {"num_nodes": self.num_nodes} if self.num_nodes != 1 else {}
 
     def evaluate(self, spec: RunSpec, folder: Path) -> None:
-        evaluate_run(folder, split=self.split, subset="test", cache=self.cache, device=self.device)
+        evaluate_run(folder, split=self.split, subset="test", cache=self.cache, device=self.device, tta=spec.tta,
+                     largest_component=spec.largest_component)

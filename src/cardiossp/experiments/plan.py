@@ -16,6 +16,7 @@ A plan (``cardiossp/presets/plans/<name>.yaml`` or any path)::
       convergence:  {methods: [scratch, imagenet, mim], budget: 10, seeds: [0]}
     # a study may also be a list of such specs (e.g. every arm at 5 subjects, two arms at 3 and 10)
     inits: {imagenet: {model.name: resnet_unet, model.encoder_weights: resnet18-imagenet.pth}}
+    evaluate: {tta: true, largest_component: true}          # test evaluation (default: neither)
 
 ``expand`` turns it into pretraining runs (``pretrain/<method>-s<seed>``) and fine-tuning runs
 (``runs/<method>-n<budget>-s<seed>[-<phase>][-aug<augment>][-<group>]``). Runs are identified by
@@ -95,6 +96,12 @@ class _Train:
 
 
 @dataclass
+class _Evaluate:
+    tta: bool = False
+    largest_component: bool = False
+
+
+@dataclass
 class _Domains:
     key: str = "vendor"
     groups: dict = spec(factory=dict, custom=(lambda g: all(isinstance(v, list) for v in g.values()),
@@ -114,7 +121,8 @@ class _Study:
     augment: list[str] = spec(factory=lambda: ["paper", "none"], nonempty=True, choices=AUGMENT_PRESETS)
 
 
-SECTIONS = {"cache": _Cache, "split": _Split, "pretrain": _Pretrain, "train": _Train, "domains": _Domains}
+SECTIONS = {"cache": _Cache, "split": _Split, "pretrain": _Pretrain, "train": _Train, "domains": _Domains,
+            "evaluate": _Evaluate}
 STUDY_KEYS = {"label_budget": ("budgets",), "phase": ("budget", "phases"), "domain": ("budget", "groups"),
               "augmentation": ("budget", "augment"), "convergence": ("budget",)}
 STUDIES = tuple(STUDY_KEYS)
@@ -138,6 +146,15 @@ class RunSpec:
     semi: str | None = None  # semi-supervised method (None: labeled slices only)
     teacher: str | None = None  # self-training: the run whose pseudo-labels the student learns from
     studies: list[str] = field(default_factory=list)
+    tta: bool = False  # test evaluation with mirror TTA (plan ``evaluate``)
+    largest_component: bool = False  # ... and the largest connected component per class
+
+    @property
+    def eval_folder(self) -> str:
+        """``eval/<this>`` holds the run's test evaluation: ``test``, ``test-tta-lcc``, ..."""
+        from ..evaluate.run import eval_folder_name
+
+        return eval_folder_name("test", self.tta, self.largest_component)
 
     def overrides(self) -> dict:
         """Config overrides of this run on top of the plan's preset and ``set``."""
@@ -173,6 +190,7 @@ class Plan:
     domains: dict = field(default_factory=dict)
     phantom: dict = field(default_factory=dict)
     inits: dict = field(default_factory=dict)
+    evaluate: dict = field(default_factory=dict)
 
     def budgets(self) -> list[int]:
         """Integer label budgets the split must hold (nested)."""
@@ -218,7 +236,8 @@ def load_plan(name_or_path: str | Path, data: dict[str, str] | None = None) -> P
             s["path"] = p
     plan = Plan(name=path.stem, data=sources, cache=raw.get("cache", {}), split=raw.get("split", {}),
                 pretrain=raw.get("pretrain", {}), train=raw.get("train", {}), studies=raw.get("studies", {}),
-                domains=raw.get("domains", {}), phantom=raw.get("phantom", {}), inits=raw.get("inits", {}))
+                domains=raw.get("domains", {}), phantom=raw.get("phantom", {}), inits=raw.get("inits", {}),
+                evaluate=raw.get("evaluate", {}))
     try:  # the presets with the plan's ``set`` blocks and every named start, before any run
         pretrain_config(plan, {})
         for overrides in [{}, *plan.inits.values()]:
@@ -358,7 +377,8 @@ def expand(plan: Plan, studies: list[str] | None = None) -> list[RunSpec]:
                                   f"to fine-tune with {strategy!r}")
             train_runs[name] = RunSpec("train", name, method, seed, budget, tuple(phases), augment, subset, needs,
                                        init_set=dict(plan.inits.get(start) or {}), strategy=strategy or None,
-                                       semi=semi, teacher=teacher)
+                                       semi=semi, teacher=teacher, tta=bool(plan.evaluate.get("tta", False)),
+                                       largest_component=bool(plan.evaluate.get("largest_component", False)))
         if study not in train_runs[name].studies:
             train_runs[name].studies.append(study)
         return name

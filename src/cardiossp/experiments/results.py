@@ -30,7 +30,7 @@ def _n_train(folder: Path) -> int | None:
 
 def run_rows(spec, folder: Path) -> pd.DataFrame | None:
     """Long-format rows of one evaluated fine-tuning run (None if it has no test evaluation)."""
-    per_subject = folder / "eval" / "test" / "per_subject.csv"
+    per_subject = folder / "eval" / spec.eval_folder / "per_subject.csv"
     if not per_subject.is_file():
         return None
     df = pd.read_csv(per_subject)

@@ -5,7 +5,7 @@ Layout of a campaign folder::
     DIR/campaign.json        the plan (resolved) and the expanded runs
     DIR/cache/, split.yaml   prepared once (re-used when the sources did not change)
     DIR/pretrain/<method>-s<seed>/   pretraining runs (done = pretrained.pt)
-    DIR/runs/<name>/         fine-tuning runs (done = done.json + eval/test/summary.json)
+    DIR/runs/<name>/         fine-tuning runs (done = done.json + eval/test[-tta][-lcc]/summary.json)
     DIR/results.csv, tables.md, plots/   written after the runs
 
 A finished run is skipped; an interrupted one resumes from its last checkpoint; a run that
@@ -41,7 +41,7 @@ class Executor(Protocol):
 def is_done(spec: RunSpec, folder: Path) -> bool:
     if spec.kind == "pretrain":
         return (folder / "pretrained.pt").is_file()
-    return (folder / "done.json").is_file() and (folder / "eval" / "test" / "summary.json").is_file()
+    return (folder / "done.json").is_file() and (folder / "eval" / spec.eval_folder / "summary.json").is_file()
 
 
 def status(spec: RunSpec, out: Path) -> str:
