@@ -160,8 +160,14 @@ def test_self_training_arm_trains_its_teacher_first(tmp_path):
         assert s.needs == by_name[teacher].needs
     assert by_name["runs/mim+bcp+self-training-n5-s0"].needs == "pretrain/mim-s0"
     assert "semi.method" not in by_name["runs/scratch-n5-s0"].overrides()
+    plan.write_text("data: [{reader: phantom, path: builtin}]\ntrain: {preset: tiny}\nstudies:\n  label_budget: "
+                    "{methods: [mim+bcp+self-training+self-training], budgets: [5]}\n")
+    runs = {r.name: r for r in expand(load_plan(plan))}  # a second round: the first student is the teacher
+    second = runs["runs/mim+bcp+self-training+self-training-n5-s0"]
+    assert second.teacher == "runs/mim+bcp+self-training-n5-s0" and second.needs == "pretrain/mim-s0"
+    assert runs[second.teacher].teacher == "runs/mim+bcp-n5-s0"
     for bad, needle in [("self-training", "names no teacher"), ("+self-training", "teacher arm"),
-                        ("bcp+self-training+self-training", "teacher arm")]:
+                        ("scratch:frozen-encoder+self-training", "no pretraining run")]:
         plan.write_text(f"data: [{{reader: phantom, path: builtin}}]\ntrain: {{preset: tiny}}\nstudies:\n"
                         f"  label_budget: {{methods: ['{bad}'], budgets: [5]}}\n")
         with pytest.raises(ConfigError, match=needle):

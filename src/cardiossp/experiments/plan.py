@@ -30,7 +30,8 @@ A ``+semi`` suffix fine-tunes semi-supervised (``cardiossp.semi``): ``unimatch``
 UniMatch, ``mim+unimatch`` UniMatch from the MIM pretraining; runs are ``<method>-n...`` as written.
 ``<arm>+self-training`` is self-training (ST++) on the pseudo-labels of the run ``<arm>`` (same budget,
 seed, phases, subset; trained first, as its own run): ``bcp+self-training`` labels the unlabeled pool
-with ``runs/bcp-n5-s0`` (``pseudo/bcp-n5-s0``) and trains a student from the teacher's start on them.
+with ``runs/bcp-n5-s0`` (``pseudo/bcp-n5-s0``) and trains a student from the teacher's start on them;
+``bcp+self-training+self-training`` is a second round, the first student being the teacher.
 The ``convergence`` study (Kalapos & Gyires-Tóth 2022) trains at one budget and compares how fast
 validation Dice rises; give it ``train.set: {schedule.val_every: 1}`` for a fine-grained curve.
 A fine-tuning run with seed ``s`` starts from the method's pretraining seed ``s`` when the plan
@@ -341,6 +342,24 @@ def split_semi(method: str) -> tuple[str, str | None]:
     return start, semi
 
 
+def _arm(plan: Plan, name: str, method: str, seed: int, budget, phases, augment, subset, pre_seeds: list[int],
+         evaluation: dict) -> RunSpec:
+    """The run of an arm that is not self-training: its start (scratch, pretraining run, named init),
+    fine-tuning strategy and semi-supervised method."""
+    start, semi = split_semi(method)
+    if semi == SELF_TRAINING:
+        raise ConfigError(f"plan {plan.name!r}: {method!r} names no teacher; write <arm>+{SELF_TRAINING}, "
+                          f"e.g. bcp+{SELF_TRAINING}")
+    start, _, strategy = start.partition(":")
+    needs = None
+    if start != SCRATCH and start not in plan.inits:
+        needs = f"pretrain/{start}-s{seed if seed in pre_seeds else pre_seeds[0]}"
+    elif strategy:
+        raise ConfigError(f"plan {plan.name!r}: {method!r} has no pretraining run to fine-tune with {strategy!r}")
+    return RunSpec("train", name, method, seed, budget, tuple(phases), augment, subset, needs,
+                   init_set=dict(plan.inits.get(start) or {}), strategy=strategy or None, semi=semi, **evaluation)
+
+
 def expand(plan: Plan, studies: list[str] | None = None) -> list[RunSpec]:
     """Every run of ``plan`` (optionally of some studies only): pretraining runs first."""
     chosen = {k: v for k, v in plan.studies.items() if studies is None or k in studies}
@@ -355,30 +374,20 @@ def expand(plan: Plan, studies: list[str] | None = None) -> list[RunSpec]:
         augment = augment or default_aug
         name = _run_name(method, seed, budget, phases, None if augment == default_aug else augment, subset)
         if name not in train_runs:
+            evaluation = {"tta": bool(plan.evaluate.get("tta", False)),
+                          "largest_component": bool(plan.evaluate.get("largest_component", False))}
             teacher_arm, plus, last = method.rpartition("+")
-            teacher = None
             if plus and last == SELF_TRAINING:  # the teacher is a run of its own, trained first
-                if not teacher_arm or split_semi(teacher_arm)[1] == SELF_TRAINING:
-                    raise ConfigError(f"plan {plan.name!r}: {method!r}: the teacher arm before +{SELF_TRAINING} "
-                                      "must be a method that is not self-training itself, e.g. bcp")
-                teacher = add(study, teacher_arm, seed, budget, phases, augment, subset)
-                start, semi = split_semi(teacher_arm)[0], SELF_TRAINING  # the student starts where the teacher did
+                if not teacher_arm:
+                    raise ConfigError(f"plan {plan.name!r}: {method!r} needs a teacher arm before +{SELF_TRAINING}")
+                teacher = train_runs[add(study, teacher_arm, seed, budget, phases, augment, subset)]
+                # the student starts where its teacher started (scratch, a pretraining run or a named init)
+                train_runs[name] = RunSpec("train", name, method, seed, budget, tuple(phases), augment, subset,
+                                           teacher.needs, init_set=dict(teacher.init_set), strategy=teacher.strategy,
+                                           semi=SELF_TRAINING, teacher=teacher.name, **evaluation)
             else:
-                start, semi = split_semi(method)
-            if semi == SELF_TRAINING and teacher is None:
-                raise ConfigError(f"plan {plan.name!r}: {method!r} names no teacher; write <arm>+{SELF_TRAINING}, "
-                                  f"e.g. bcp+{SELF_TRAINING}")
-            start, _, strategy = start.partition(":")
-            needs = None
-            if start != SCRATCH and start not in plan.inits:
-                needs = f"pretrain/{start}-s{seed if seed in pre_seeds else pre_seeds[0]}"
-            elif strategy:
-                raise ConfigError(f"plan {plan.name!r}: {method!r} has no pretraining run "
-                                  f"to fine-tune with {strategy!r}")
-            train_runs[name] = RunSpec("train", name, method, seed, budget, tuple(phases), augment, subset, needs,
-                                       init_set=dict(plan.inits.get(start) or {}), strategy=strategy or None,
-                                       semi=semi, teacher=teacher, tta=bool(plan.evaluate.get("tta", False)),
-                                       largest_component=bool(plan.evaluate.get("largest_component", False)))
+                train_runs[name] = _arm(plan, name, method, seed, budget, phases, augment, subset, pre_seeds,
+                                        evaluation)
         if study not in train_runs[name].studies:
             train_runs[name].studies.append(study)
         return name
