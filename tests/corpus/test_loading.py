@@ -301,3 +301,45 @@ def test_debug_shows_the_exception(world, tmp_path, how):
     assert r.exception.__traceback__ is not None
     without = invoke(*args)  # and without: the one line
     assert_clean_failure(without, path, "not a checkpoint")
+
+
+# ------------------------------------------------------------------ self-training inputs
+def test_pseudo_label_with_a_hostile_teacher_runs_no_code(world, tmp_path):
+    marker = tmp_path / "ran"
+    bad = hostile(tmp_path / "teacher.ckpt", marker)
+    result = invoke("pseudo-label", "--model", bad, "--cache", world["cache"], "--split", world["split"],
+                    "--out", tmp_path / "pl", "--device", "cpu", env=NO_WEIGHTS_ONLY)
+    assert_clean_failure(result, bad)
+    assert not marker.exists() and not (tmp_path / "pl" / "pseudo.json").exists()
+
+
+def test_pseudo_label_on_a_cache_of_another_grid_is_one_line(world, tmp_path):
+    other = prepare([("phantom", world["root"] / "raw")], tmp_path / "cache48", spacing=1.0, size=48)
+    result = invoke("pseudo-label", "--model", world["seg"], "--cache", other, "--split", world["split"],
+                    "--out", tmp_path / "pl", "--device", "cpu")
+    assert_clean_failure(result, other, "px grid")
+    assert not (tmp_path / "pl").exists()
+
+
+def test_self_training_from_a_folder_that_is_not_a_store_is_one_line(world, tmp_path):
+    (tmp_path / "notpl").mkdir()
+    result = invoke(*train_args(world, tmp_path / "run", "--labeled-subjects", "2", "--pseudo-labels",
+                                tmp_path / "notpl"))
+    assert_clean_failure(result, tmp_path / "notpl" / "pseudo.json", "pseudo-label")
+    assert left_behind(tmp_path / "run") == []
+
+
+def test_self_training_on_pseudo_labels_of_another_split_is_one_line(world, tmp_path):
+    store = tmp_path / "pl"
+    assert invoke("pseudo-label", "--model", world["seg"], "--cache", world["cache"], "--split", world["split"],
+                  "--out", store, "--device", "cpu").exit_code == 0
+    record = store / "pseudo.json"
+    import json
+
+    rec = json.loads(record.read_text())
+    dropped = sorted(rec["subjects"])[-1]
+    del rec["subjects"][dropped]
+    record.write_text(json.dumps(rec))
+    result = invoke(*train_args(world, tmp_path / "run", "--labeled-subjects", "2", "--pseudo-labels", store))
+    assert_clean_failure(result, record, "no pseudo-labels for")
+    assert left_behind(tmp_path / "run") == []
