@@ -129,11 +129,14 @@ def test_semi_axis_and_study_lists():
     uni = by_name["runs/unimatch-n5-s0"]
     assert uni.needs is None and uni.overrides()["semi.method"] == "unimatch"
     assert sorted(uni.studies) == ["convergence", "label_budget"]
-    both = by_name["runs/mim+unimatch-n10-s2"]
+    both = by_name["runs/mim+unimatch-n5-s2"]
     assert both.needs == "pretrain/mim-s0" and both.overrides()["semi.method"] == "unimatch"
     assert "semi.method" not in by_name["runs/mim-n5-s1"].overrides()
     assert {r.budget for r in runs if r.kind == "train"} == {3, 5, 10}
-    assert "runs/bcp-n3-s0" not in by_name and "runs/scratch-n3-s0" in by_name
+    recipe = by_name["runs/bcp+self-training-n10-s2"]  # the recipe at 10: its teacher is a run of the plan too
+    assert recipe.teacher == "runs/bcp-n10-s2" and recipe.teacher in by_name
+    assert "runs/unimatch-n3-s0" not in by_name and "runs/scratch-n3-s0" in by_name
+    assert all(r.eval_folder == "test-tta-lcc" for r in runs if r.kind == "train")
     assert load_plan("acdc-few").budgets() == [3, 5, 10]
     assert split_semi("mim:frozen-encoder+bcp") == ("mim:frozen-encoder", "bcp")
     assert split_semi("mean-teacher") == ("scratch", "mean-teacher") and split_semi("mim") == ("mim", None)

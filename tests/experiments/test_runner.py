@@ -127,3 +127,12 @@ def test_campaign_record_covers_the_whole_plan_when_run_study_by_study(tmp_path)
     assert [r.name for r in recorded] == [r.name for r in expand(plan)]
     results = collect_results(tmp_path)  # only the phase study's runs are evaluated so far
     assert set(results["run"]) == {r.name.removeprefix("runs/") for r in expand(plan, ["phase"]) if r.kind == "train"}
+
+
+def test_runs_filter_picks_runs_by_name(tmp_path):
+    plan = load_plan("smoke")
+    rows = run_campaign(plan, tmp_path, dry_run=True, runs=["scratch-n6-*", "mim-s0"])
+    assert sorted(r["run"] for r in rows) == ["pretrain/mim-s0", "runs/scratch-n6-s0", "runs/scratch-n6-s0-ED",
+                                              "runs/scratch-n6-s0-ES", "runs/scratch-n6-s0-augnone"]
+    with pytest.raises(ConfigError, match="no run of plan"):
+        run_campaign(plan, tmp_path, dry_run=True, runs=["nothing*"])

@@ -29,6 +29,8 @@ def experiment(
                                            "(or just PATH for a one-source plan); repeatable"),
     studies: Optional[str] = typer.Option(None, help="only these studies: label_budget,phase,domain,augmentation"),
     shard: Optional[str] = typer.Option(None, help="I/N: run only this share of the runs (job arrays)"),
+    runs: Optional[str] = typer.Option(None, help="only runs whose name matches one of these comma-separated "
+                                       "patterns, e.g. 'bcp*-n5-s1' (a self-training run needs its teacher too)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and their status; run nothing"),
     progress: bool = typer.Option(False, help="show each run's training progress: a bar on a terminal, plain "
                                   "lines elsewhere (every run keeps its own RUN/train.log either way)"),
@@ -52,7 +54,8 @@ def experiment(
         part = parse_shard(shard)
         only = [s.strip() for s in studies.split(",") if s.strip()] if studies else None
         p = load_plan(plan, parse_data(data))
-        rows = run_campaign(p, out, studies=only, shard=part,
+        patterns = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
+        rows = run_campaign(p, out, studies=only, shard=part, runs=patterns,
                             dry_run=dry_run, executor=LocalExecutor(progress=progress, num_nodes=num_nodes,
                                                                    device=device),
                             say=console.print)

@@ -17,6 +17,7 @@ run) is not finished yet is reported ``needs <run>`` and left for a later call.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import time
 import traceback
@@ -70,10 +71,17 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 
 def run_campaign(plan: Plan, out: str | Path, studies: list[str] | None = None, shard: tuple[int, int] = (0, 1),
-                 dry_run: bool = False, executor: Executor | None = None, say: Say = print) -> list[dict]:
-    """Run (or with ``dry_run`` only list) this shard's runs; returns one status row per run."""
+                 dry_run: bool = False, executor: Executor | None = None, say: Say = print,
+                 runs: list[str] | None = None) -> list[dict]:
+    """Run (or with ``dry_run`` only list) this shard's runs, or those whose name (``runs/<name>``,
+    ``pretrain/<name>``) matches one of the ``runs`` patterns; returns one status row per run."""
     out = Path(out)
+    patterns = runs
     runs = expand(plan, studies)
+    if patterns:
+        runs = [r for r in runs if any(fnmatch.fnmatch(r.name.split("/", 1)[1], p) for p in patterns)]
+        if not runs:
+            raise ConfigError(f"no run of plan {plan.name!r} matches {', '.join(patterns)}")
     for spec in runs:  # fail on a bad preset or override before hours of work
         (pretrain_config if spec.kind == "pretrain" else train_config)(plan, spec.overrides())
     mine = [(i, s) for i, s in enumerate(runs) if i % shard[1] == shard[0]]
