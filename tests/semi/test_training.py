@@ -148,15 +148,19 @@ def test_semi_with_multitask_is_refused(tmp_path, phantom_cache):
 
 
 @pytest.mark.slow
-def test_semi_ddp_two_cpu_processes(tmp_path, phantom_cache):
-    """UniMatch under 2-process gloo DDP through the CLI: the 1-process schedule, split across ranks."""
+@pytest.mark.parametrize("method", ["unimatch", "self-training"])
+def test_semi_ddp_two_cpu_processes(tmp_path, phantom_cache, method, request):
+    """UniMatch and self-training under 2-process gloo DDP through the CLI: the 1-process schedule, split
+    across ranks (self-training's loader pickles the pseudo-label store into each rank's workers)."""
     cache, split = phantom_cache
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    semi = (["--pseudo-labels", str(request.getfixturevalue("pseudo_store"))] if method == "self-training"
+            else ["--semi", method])
     cmd = [sys.executable, "-m", "cardiossp", "train", "--cache", str(cache), "--split", str(split), "--out",
            str(tmp_path / "ddp"), "--preset", "tiny", "--devices", "2", "--set", "accelerator=cpu",
-           "--set", "semi.method=unimatch", "--labeled-subjects", "2",
+           *semi, "--labeled-subjects", "2", "--set", "data.num_workers=1",
            "--set", "schedule.epochs=1", "--set", "schedule.iters_per_epoch=3"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     done = json.loads((tmp_path / "ddp" / "done.json").read_text())
-    assert done["steps"] == 3 and done["semi"] == "unimatch"
+    assert done["steps"] == 3 and done["semi"] == method
