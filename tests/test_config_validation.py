@@ -154,7 +154,8 @@ def test_optional_fields_take_none():
     assert train(labeled_subjects=None, **{"semi.method": None}).labeled_subjects is None
     refused(r"labeled_subjects must be an integer >= 1 or null \(got 0\)", labeled_subjects=0)
     refused(r"semi.unlabeled_batch_size must be an integer >= 1 or null", **{"semi.unlabeled_batch_size": 0})
-    refused(r"semi.method must be one of bcp, mean-teacher, self-training, unimatch or null", **{"semi.method": "fixmatch"})
+    refused(r"semi.method must be one of bcp, mean-teacher, self-training, unimatch or null",
+            **{"semi.method": "fixmatch"})
 
 
 def test_int_or_str_devices():
