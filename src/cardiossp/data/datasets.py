@@ -44,9 +44,18 @@ def plane_normal(geometry: dict) -> np.ndarray:
 
 
 class GeometryTargets:
-    """Per-slice geometry targets of the manifest ``rows`` (position, view, plane normal)."""
+    """The slices of manifest ``rows`` (subject, frame, slice, phase) and their geometry targets
+    (position, view, plane normal)."""
 
-    def _init_targets(self, cache: SliceCache, rows) -> None:
+    def _init_rows(self, cache: SliceCache, rows, transform, empty: str) -> None:
+        """Keep ``rows``' columns as arrays; ``empty``: the problem when there are none."""
+        if len(rows) == 0:
+            raise DataError(cache.path, empty)
+        self.cache, self.transform = cache, transform
+        self.subject = rows["subject"].to_numpy()
+        self.frame = rows["frame"].to_numpy()
+        self.slice = rows["slice"].to_numpy()
+        self.phase = rows["phase"].to_numpy()
         self.position = rows["position"].to_numpy(dtype=np.float32)
         views = rows["view"].fillna("SA") if "view" in rows else None
         self.view = views.astype(str).to_numpy() if views is not None else np.full(len(rows), "SA", dtype=object)
@@ -68,17 +77,10 @@ class LabeledSlices(GeometryTargets, Dataset):
         phases: Sequence[str] = ("ED", "ES"),
         transform: Callable[[dict], dict] | None = None,
     ):
-        self.cache = cache
-        self.transform = transform
         rows = cache.rows(subjects=subjects, labeled=True, phases=phases)
-        if len(rows) == 0:
-            raise DataError(cache.path, f"no labeled slices for {len(subjects)} subjects and phases {list(phases)}")
-        self.subject = rows["subject"].to_numpy()
-        self.frame = rows["frame"].to_numpy()
-        self.slice = rows["slice"].to_numpy()
+        self._init_rows(cache, rows, transform, f"no labeled slices for {len(subjects)} subjects and phases "
+                                                f"{list(phases)}")
         self.label_index = rows["label_index"].to_numpy()
-        self.phase = rows["phase"].to_numpy()
-        self._init_targets(cache, rows)
 
     def __len__(self) -> int:
         return len(self.subject)
@@ -100,15 +102,7 @@ class LabeledSlices(GeometryTargets, Dataset):
 
 class UnlabeledSlices(GeometryTargets, Dataset):
     def __init__(self, cache: SliceCache, subjects: Sequence[str], transform: Callable[[dict], dict] | None = None):
-        self.cache = cache
-        self.transform = transform
-        rows = cache.rows(subjects=subjects)
-        if len(rows) == 0:
-            raise DataError(cache.path, f"no slices for {len(subjects)} subjects")
-        self.subject = rows["subject"].to_numpy()
-        self.frame = rows["frame"].to_numpy()
-        self.slice = rows["slice"].to_numpy()
-        self._init_targets(cache, rows)
+        self._init_rows(cache, cache.rows(subjects=subjects), transform, f"no slices for {len(subjects)} subjects")
 
     def __len__(self) -> int:
         return len(self.subject)
@@ -132,15 +126,8 @@ class PseudoLabeledSlices(LabeledSlices):
 
     def __init__(self, cache: SliceCache, pseudo, subjects: Sequence[str],
                  transform: Callable[[dict], dict] | None = None):
-        self.cache, self.pseudo, self.transform = cache, pseudo, transform
-        rows = cache.rows(subjects=subjects)
-        if len(rows) == 0:
-            raise DataError(cache.path, f"no slices for {len(subjects)} subjects")
-        self.subject = rows["subject"].to_numpy()
-        self.frame = rows["frame"].to_numpy()
-        self.slice = rows["slice"].to_numpy()
-        self.phase = rows["phase"].to_numpy()
-        self._init_targets(cache, rows)
+        self.pseudo = pseudo
+        self._init_rows(cache, cache.rows(subjects=subjects), transform, f"no slices for {len(subjects)} subjects")
 
     def _segmentation(self, i: int) -> np.ndarray:
         return self.pseudo.label(self.subject[i], int(self.frame[i]), int(self.slice[i]))

@@ -81,6 +81,14 @@ def rows(outputs, index: slice):
     return outputs[index]
 
 
+def joint_forward(model: nn.Module, supervised: Supervised, labeled: dict, unlabeled: dict):
+    """One forward pass over the labeled and unlabeled images together -> (every output, the number of
+    labeled rows, the supervised terms of the labeled rows)."""
+    nl = labeled["image"].shape[0]
+    outputs = model(torch.cat([labeled["image"], unlabeled["image"]]))
+    return outputs, nl, supervised(rows(outputs, slice(0, nl)), labeled["segmentation"])
+
+
 class EMATeacher(nn.Module):
     """An exponential-moving-average copy of the student (Tarvainen & Valpola 2017).
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import SEMI_METHODS, EMATeacher, SemiMethod, Step, Supervised, full_resolution, rows, sigmoid_rampup
+from .base import SEMI_METHODS, EMATeacher, SemiMethod, Step, Supervised, full_resolution, joint_forward, sigmoid_rampup
 from .losses import softmax_mse
 
 
@@ -26,10 +26,8 @@ class MeanTeacher(SemiMethod):
 
     def training_terms(self, model: nn.Module, supervised: Supervised, labeled: dict, unlabeled: dict,
                        step: Step) -> dict[str, Tensor]:
-        x, u = labeled["image"], unlabeled["image"]
-        nl = x.shape[0]
-        outputs = model(torch.cat([x, u]))
-        sup = supervised(rows(outputs, slice(0, nl)), labeled["segmentation"])
+        u = unlabeled["image"]
+        outputs, nl, sup = joint_forward(model, supervised, labeled, unlabeled)
         c = self.cfg
         noise = (torch.randn(u.shape, generator=step.generator, device=u.device) * c["noise_std"]).clamp(
             -c["noise_clip"], c["noise_clip"])

@@ -20,10 +20,9 @@ each frame's mean confidence, but that selection is not implemented.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from .base import SEMI_METHODS, SemiMethod, Step, Supervised, rows
+from .base import SEMI_METHODS, SemiMethod, Step, Supervised, joint_forward, rows
 
 
 @SEMI_METHODS.register("self-training")
@@ -34,10 +33,7 @@ class SelfTraining(SemiMethod):
 
     def training_terms(self, model: nn.Module, supervised: Supervised, labeled: dict, unlabeled: dict,
                        step: Step) -> dict[str, Tensor]:
-        x, u = labeled["image"], unlabeled["image"]
-        nl = x.shape[0]
-        outputs = model(torch.cat([x, u]))
-        sup = supervised(rows(outputs, slice(0, nl)), labeled["segmentation"])
+        outputs, nl, sup = joint_forward(model, supervised, labeled, unlabeled)
         pseudo = supervised(rows(outputs, slice(nl, None)), unlabeled["segmentation"])
         w = float(self.cfg["weight"])
         return {"loss": (sup["loss"] + w * pseudo["loss"]) / (1 + w), "sup": sup["loss"].detach(),
