@@ -15,10 +15,10 @@ import pytest
 from lightning.pytorch.callbacks import Callback, RichProgressBar, TQDMProgressBar
 from typer.testing import CliRunner
 
+from cardiossp.checksum import sha256_file
 from cardiossp.cli import app
 from cardiossp.cli.common import subject_progress
 from cardiossp.config import PretrainConfig, TrainConfig, load_config
-from cardiossp.models.weights import sha256_file
 from cardiossp.progress import ProgressLines, duration, lines_every
 from cardiossp.train import engine
 from cardiossp.train.fit import train_segmentation

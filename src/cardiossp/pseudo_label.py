@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checksum import sha256_file
 from .data.labels import keep_largest_component
 from .data.pseudo import FORMAT, RECORD, read_record, write_subject
-from .data.slices import SliceCache, sha256
+from .data.slices import SliceCache
 from .data.splits import load_split, pretraining_subjects
 from .errors import DataError
 
@@ -36,7 +37,7 @@ def pseudo_label(model: str | Path, cache: str | Path, split: str | Path, out: s
         raise DataError(sc.path, f"the teacher {seg.checkpoint} was trained on a {seg.spacing} mm / {seg.size} px "
                                  f"grid, this cache is {sc.spacing} mm / {sc.size} px; use a cache of its grid")
     ckpt = Path(seg.checkpoint)
-    record = {"format": FORMAT, "teacher": str(ckpt.resolve()), "teacher_sha256": sha256(ckpt),
+    record = {"format": FORMAT, "teacher": str(ckpt.resolve()), "teacher_sha256": sha256_file(ckpt),
               "cache": str(sc.path.resolve()), "spacing": float(sc.spacing), "size": int(sc.size), "tta": bool(tta),
               "largest_component": bool(largest_component), "subjects": {}}
     if (out / RECORD).is_file():
@@ -46,7 +47,7 @@ def pseudo_label(model: str | Path, cache: str | Path, split: str | Path, out: s
             raise DataError(out / RECORD, "holds pseudo-labels of another teacher, cache or setting; "
                                           "choose another --out or delete it")
         record["subjects"] = {s: r for s, r in old["subjects"].items()
-                              if (out / f"{s}.npy").is_file() and sha256(out / f"{s}.npy") == r.get("sha256")}
+                              if (out / f"{s}.npy").is_file() and sha256_file(out / f"{s}.npy") == r.get("sha256")}
     subjects = [s for s in pretraining_subjects(sp) if s not in record["subjects"]]
     for i, subject in enumerate(subjects, 1):
         labels, confidence = label_subject(seg, sc, subject, largest_component)

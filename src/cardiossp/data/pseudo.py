@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_path, write_json
+from ..checksum import sha256_file
 from ..errors import DataError
-from .slices import SliceCache, npy_header, sha256
+from .slices import SliceCache, npy_header
 
 FORMAT = "cardiossp-pseudo-labels-1"
 RECORD = "pseudo.json"
@@ -48,7 +49,7 @@ def write_subject(folder: str | Path, record: dict, subject: str, labels: np.nda
     path = folder / f"{subject}.npy"
     with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, np.ascontiguousarray(labels, dtype=np.uint8))
-    record["subjects"][subject] = {"shape": list(labels.shape), "sha256": sha256(path),
+    record["subjects"][subject] = {"shape": list(labels.shape), "sha256": sha256_file(path),
                                    "mean_confidence": [round(float(c), 4) for c in confidence]}
     write_json(folder / RECORD, record)
 
@@ -79,7 +80,7 @@ class PseudoLabels:
                                                   f"pool: {shown}; run `cardiossp pseudo-label` with this split")
         for s in subjects:
             self.array(s)
-            if sha256(self.folder / f"{s}.npy") != self.record["subjects"][s].get("sha256"):
+            if sha256_file(self.folder / f"{s}.npy") != self.record["subjects"][s].get("sha256"):
                 raise DataError(self.folder / f"{s}.npy", "contents differ from the SHA-256 in pseudo.json "
                                                           "(damaged or replaced); run `cardiossp pseudo-label` again")
 

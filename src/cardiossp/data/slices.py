@@ -15,13 +15,13 @@ before the record existed are checked by shape, dtype and size only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..checksum import sha256_file
 from ..errors import DataError
 from .preprocess import Geometry
 
@@ -48,18 +48,10 @@ def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
         return tuple(shape), np.dtype(dtype), f.tell()
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def array_record(path: Path) -> dict:
     """What ``prepare`` records of a written array: shape, dtype, byte size, SHA-256."""
     shape, dtype, _ = npy_header(path)
-    return {"shape": list(shape), "dtype": dtype.name, "bytes": path.stat().st_size, "sha256": sha256(path)}
+    return {"shape": list(shape), "dtype": dtype.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def array_problem(path: Path, shape: tuple[int, ...], dtype: str, record: dict | None,
@@ -84,7 +76,7 @@ def array_problem(path: Path, shape: tuple[int, ...], dtype: str, record: dict |
         want = int(record["bytes"])
     if size != want:
         return f"cached array is {size:,} bytes, expected {want:,} ({'truncated' if size < want else 'extra bytes'})"
-    if level == "hash" and record is not None and "sha256" in record and sha256(path) != record["sha256"]:
+    if level == "hash" and record is not None and "sha256" in record and sha256_file(path) != record["sha256"]:
         return "cached array differs from its recorded SHA-256 (damaged on disk?)"
     return None
 

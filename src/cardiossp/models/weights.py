@@ -22,7 +22,6 @@ Reading and writing weight files (every torch file cardiossp reads goes through 
 
 from __future__ import annotations
 
-import hashlib
 import re
 import warnings
 import zipfile
@@ -34,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checksum import sha256_file
 from ..errors import CheckpointError
 
 CHECKSUM_SUFFIX = ".sha256"
@@ -45,15 +45,6 @@ def checksum_path(path: str | Path) -> Path:
     """The sidecar ``<path>.sha256`` that records ``path``'s SHA-256."""
     path = Path(path)
     return path.with_name(path.name + CHECKSUM_SUFFIX)
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_checksum(path: str | Path) -> str:
