@@ -44,3 +44,17 @@ def test_errors_are_one_clear_line(tmp_path):
                             str(tmp_path / "o")])
     assert r.exit_code == 2 and "error" in r.output
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_usage_errors_are_one_error_line_naming_the_command():
+    cases = [(["prepare", "--size", "abc"], "cardiossp prepare: ", "'--size'"),
+             (["evaluate"], "cardiossp evaluate: ", "'--run'"),
+             (["train", "--no-such-option"], "cardiossp train: ", "--no-such-option"),
+             (["no-such-command"], "cardiossp: ", "'no-such-command'"),
+             (["--no-such-flag"], "cardiossp: ", "--no-such-flag")]
+    for args, where, problem in cases:
+        r = runner.invoke(app, args, prog_name="cardiossp")
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]
+        assert r.exit_code == 2, (args, r.output)
+        assert len(lines) == 1 and lines[0].startswith("error: " + where) and problem in lines[0], (args, r.output)
+        assert f"(see '{where[:-2]} --help')" in lines[0] and "╭" not in r.output

@@ -4,6 +4,8 @@ Error handling (one place, ``CliGroup.invoke``): every command runs inside it; a
 (any ``CardiosspError``, ``OSError``, a YAML / pickle / zip / NIfTI / DICOM read error, anything raised
 inside ``torch.load``) becomes exactly one line ``error: <file>: <problem>`` on stderr and exit code 2.
 The global ``--debug`` option (or ``CARDIOSSP_DEBUG=1``) lets the exception through with its traceback.
+A usage error of a command (a bad option value, a missing argument, an unknown option or
+command) becomes ``error: <command>: <problem> (see '<command> --help')``, also exit code 2.
 Any other exception is a bug and keeps its traceback. It works the same through the console script
 (``cardiossp``), ``python -m cardiossp`` and ``typer.testing.CliRunner``, since all run the click group.
 """
@@ -36,6 +38,11 @@ def _control_flow() -> tuple[type[BaseException], ...]:
     found = [getattr(typer, n, None) for n in ("Exit", "Abort", "TyperException")]
     found += [getattr(cx, n, None) for n in ("ClickException", "Exit", "Abort")]
     return tuple(c for c in found if isinstance(c, type) and issubclass(c, BaseException))
+
+
+def _usage_error() -> type[BaseException]:
+    """click's ``UsageError`` (bad option value, missing argument, unknown command or option)."""
+    return sys.modules[typer.BadParameter.__module__].UsageError
 
 
 def _library_errors() -> tuple[type[BaseException], ...]:
@@ -143,13 +150,31 @@ def debug_enabled(ctx=None) -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _usage_exit(command: str, e) -> None:
+    """``error: <command>: <problem> (see '<command> --help')`` and exit code 2, for a usage error."""
+    print_error(f"{command}: {_flatten(e.format_message())} (see '{command} --help')")
+    raise typer.Exit(code=2) from None
+
+
 class CliGroup(TyperGroup):
     """The app's click group: the one top-level handler (see the module docstring)."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:  # the group's own options (``cardiossp --debugx``)
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except _usage_error() as e:
+            if debug_enabled():
+                raise
+            _usage_exit(info_name, e)
 
     def invoke(self, ctx):
         _state["debug"] = debug_enabled(ctx)
         try:
             return super().invoke(ctx)
+        except _usage_error() as e:  # a command's bad option or argument, an unknown command
+            if _state["debug"]:
+                raise
+            _usage_exit(e.ctx.command_path if e.ctx is not None else ctx.command_path, e)
         except _control_flow():
             raise
         except Exception as e:  # noqa: BLE001 - sorted by error_line: known errors -> one line, bugs re-raised
