@@ -23,20 +23,12 @@ from cardiossp.progress import ProgressLines, duration, lines_every
 from cardiossp.train import engine
 from cardiossp.train.fit import train_segmentation
 from cardiossp.train.pretrain import pretrain
+from tests.stop_after import StopAfter
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 LINE = re.compile(r"^step (\d+)/(\d+) \(\d+%\) epoch (\d+)/(\d+) loss [-+.\deE]+(?:nan|inf)? \| "
                   r"\S+ elapsed, ETA \S+$")
 EPOCHS, ITERS = 3, 4
-
-
-class StopAfter(Callback):
-    def __init__(self, epochs: int):
-        self.epochs = epochs
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.current_epoch + 1 >= self.epochs:
-            trainer.should_stop = True
 
 
 class Boom(Callback):

@@ -13,24 +13,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from lightning.pytorch.callbacks import Callback
 
 from cardiossp.cli.common import error_line
 from cardiossp.config import TrainConfig, load_config
 from cardiossp.errors import CheckpointError, DataError
 from cardiossp.models.weights import checksum_path, load_torch_file, save_weights, verify_checksum
 from cardiossp.train.fit import train_segmentation
+from tests.stop_after import StopAfter
 
 SHORT = {"schedule.epochs": 2, "schedule.iters_per_epoch": 1, "data.batch_size": 2}
-
-
-class StopAfter(Callback):
-    def __init__(self, epochs: int):
-        self.epochs = epochs
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.current_epoch + 1 >= self.epochs:
-            trainer.should_stop = True
 
 
 class MakesFile:

@@ -22,6 +22,7 @@ from cardiossp.models import MODELS
 from cardiossp.semi import SEMI_METHODS
 from cardiossp.train.fit import train_segmentation, unlabeled_pool
 from cardiossp.train.pretrain import PretrainModule
+from tests.stop_after import StopAfter
 
 TINY_MODELS = {  # every registered model, small enough for two semi-supervised steps at 64 px
     "unet": {},
@@ -115,11 +116,6 @@ def test_pool_without_unlabeled_subjects_is_refused():
     with pytest.raises(ConfigError, match="needs unlabeled subjects"):
         unlabeled_pool(split, ["a", "b"])
     assert unlabeled_pool({**split, "unlabeled": ["u"]}, ["a"]) == ["b", "u"]
-
-
-class StopAfter(Callback):
-    def on_train_epoch_end(self, trainer, pl_module):
-        trainer.should_stop = True
 
 
 def test_semi_resume_gives_the_uninterrupted_weights(tmp_path, phantom_cache, one_thread):

@@ -8,11 +8,11 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
 
 from cardiossp.config import TrainConfig, load_config
 from cardiossp.train.fit import train_segmentation
 from cardiossp.train.segmentation import poly_lr
+from tests.stop_after import StopAfter
 
 
 def tiny(**over) -> TrainConfig:
@@ -38,15 +38,6 @@ def test_training_learns_the_phantom(tmp_path, phantom_cache, one_thread):
     cfg = (run / "config.yaml").read_text()
     assert "git_sha" in cfg and "train_subjects" in cfg
     assert json.loads((run / "done.json").read_text())["steps"] == 60
-
-
-class StopAfter(Callback):
-    def __init__(self, epochs: int):
-        self.epochs = epochs
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.current_epoch + 1 >= self.epochs:
-            trainer.should_stop = True
 
 
 def test_resume_gives_the_uninterrupted_weights(tmp_path, phantom_cache, one_thread):
