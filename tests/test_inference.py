@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from cardiossp.checkpoints import load_checkpoint
 from cardiossp.config import TrainConfig, load_config, save_run_config
 from cardiossp.data.cache import prepare
 from cardiossp.data.readers import get_reader
@@ -22,7 +23,7 @@ from cardiossp.data.readers.phantom import write_phantom_config
 from cardiossp.data.slices import SliceCache
 from cardiossp.data.splits import make_split, save_split
 from cardiossp.errors import CheckpointError, DataError
-from cardiossp.inference import Segmenter, keep_largest_component, load_checkpoint
+from cardiossp.inference import Segmenter, keep_largest_component
 from cardiossp.predict import predict_files
 from cardiossp.train.segmentation import SegmentationModule
 

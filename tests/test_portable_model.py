@@ -19,13 +19,14 @@ import torch
 from typer.testing import CliRunner
 
 from cardiossp import __version__
+from cardiossp.checkpoints import RECORD_KEY
 from cardiossp.checksum import sha256_file
 from cardiossp.cli import app
 from cardiossp.config import TrainConfig, git_sha, load_config, to_dict
 from cardiossp.data.labels import task_class_names
 from cardiossp.data.readers.phantom import make_phantom_subject, write_phantom_dataset
 from cardiossp.errors import CheckpointError
-from cardiossp.inference import DEFAULT_SIZE, DEFAULT_SPACING, RECORD_KEY, Segmenter
+from cardiossp.inference import DEFAULT_SIZE, DEFAULT_SPACING, Segmenter
 from cardiossp.models.weights import checksum_path, load_torch_file
 from cardiossp.predict import predict_files
 from cardiossp.train.export import export_model

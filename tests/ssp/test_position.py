@@ -239,7 +239,7 @@ class HeadAtStart(Callback):
 
 
 def test_multitask_finetuning_end_to_end(tmp_path, position_run, phantom_cache, one_thread):
-    from cardiossp.inference import load_checkpoint
+    from cardiossp.checkpoints import load_checkpoint
     from cardiossp.train.fit import train_segmentation
     from cardiossp.train.transfer import load_pretrained
 

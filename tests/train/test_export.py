@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cardiossp.checkpoints import load_checkpoint
 from cardiossp.config import PretrainConfig, TrainConfig, load_config
 from cardiossp.data.labels import NUM_CLASSES
 from cardiossp.errors import CheckpointError
-from cardiossp.inference import load_checkpoint
 from cardiossp.models import build_unet, unet_features
 from cardiossp.train.export import export_nnunet
 from cardiossp.train.fit import train_segmentation

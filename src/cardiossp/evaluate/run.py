@@ -25,11 +25,12 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import write_csv, write_json
+from ..checkpoints import read_run_config
 from ..data.labels import DATASET_LABEL_MAPS, task_classes, task_to_internal, to_task
 from ..data.slices import SliceCache
 from ..data.splits import load_split
 from ..errors import ConfigError
-from ..inference import Segmenter, read_run_config
+from ..inference import Segmenter
 from .clinical import clinical_indices, index_errors
 from .metrics import evaluate_case
 

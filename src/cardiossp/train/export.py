@@ -58,7 +58,7 @@ def exportable_state(run: str | Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{fit.source}: pretrained weights do not fit the network their config builds: "
                                   f"{fit.describe(theirs='pretrained')}")
         return {**net.state_dict(), **fit.fits}  # keys the method does not pretrain: fresh initialisation
-    from ..inference import load_checkpoint
+    from ..checkpoints import load_checkpoint
 
     cfg, state = load_checkpoint(run)
     if not isinstance(cfg, TrainConfig):
@@ -82,10 +82,10 @@ def export_model(run: str | Path, out: str | Path) -> dict:
     file to ``out`` (atomically) and ``<out>.sha256``; returns its model record. A checkpoint written before
     checkpoints carried a record gets one from its run's training cache (and the version and git SHA of its
     config.yaml); without that cache its grid is unknown and it is refused."""
-    from ..inference import MODEL_FILE_FORMAT, RECORD_KEY, _load, cache_grid, read_run_config, run_folder
+    from ..checkpoints import MODEL_FILE_FORMAT, RECORD_KEY, cache_grid, load_model, read_run_config, run_folder
     from .segmentation import model_record
 
-    cfg, weights, _, ckpt, record = _load(run)
+    cfg, weights, _, ckpt, record = load_model(run)
     if record is None:
         folder = run_folder(ckpt)
         doc = read_run_config(folder) if folder is not None else {}

@@ -147,8 +147,8 @@ def check_resume_point(ckpt: str | Path, cfg) -> dict[str, torch.Size]:
     """Open the resume checkpoint with ``weights_only=True`` (memory-mapped) and check it is a Lightning
     checkpoint of the same kind of run as ``cfg`` (pretraining or segmentation); returns the shapes of
     its ``state_dict`` (compared with the module in ``RunSkeleton.fit``)."""
+    from ..checkpoints import checkpoint_kind
     from ..config import PretrainConfig
-    from ..inference import checkpoint_kind
 
     obj = load_torch_file(ckpt, "resume checkpoint", mmap=True)
     state = obj.get("state_dict") if isinstance(obj, dict) else None

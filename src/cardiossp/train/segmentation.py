@@ -21,11 +21,11 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from ..checkpoints import RECORD_KEY  # the checkpoint entry holding the model record
 from ..config import TrainConfig, from_dict, to_dict
 from ..data.batch_augment import apply_batch, spatial_only
 from ..data.labels import CLASS_NAMES, task_class_names, task_classes, task_lut, task_num_classes
 from ..errors import ConfigError
-from ..inference import RECORD_KEY  # the checkpoint entry holding the model record
 from ..models import build_from_config, deep_supervision_scales
 from .losses import DeepSupervisionLoss, DiceCELoss
 

@@ -49,7 +49,7 @@ def load_pretrained(path: str | Path) -> dict:
     ``pretrained.pt.sha256`` checked (``models.weights.load_torch_file``; a file without one loads with
     a warning). Anything else (a segmentation run, an unfinished pretraining run, a Lightning
     checkpoint, an unreadable file) is a CheckpointError saying what it is."""
-    from ..inference import checkpoint_kind, run_kind
+    from ..checkpoints import checkpoint_kind, run_kind
 
     path = Path(path)
     if path.is_dir():
