@@ -39,7 +39,7 @@ SSP_METHODS = Names("cardiossp.ssp", "SSP_METHODS")
 AUGMENT_ON = ("auto", "device", "loader")
 EPOCH_MODES = ("iterations", "pass")
 PHASES = ("ED", "ES")
-# What Lightning's Trainer(precision=...) takes, plus auto (train/engine.resolve_precision).
+# What Lightning's Trainer(precision=...) takes, plus auto (train/precision.resolve_precision).
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16-true", "bf16", "16-mixed", "16-true", "16", "64-true",
               "64", "transformer-engine", "transformer-engine-float16")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")

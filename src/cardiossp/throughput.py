@@ -26,8 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 from .atomic import write_text
 from .config import TrainConfig, load_config
 from .models import build_model
-from .train.engine import cpu_has_native_bf16, resolve_precision
 from .train.losses import DeepSupervisionLoss, DiceCELoss
+from .train.precision import cpu_has_native_bf16, resolve_precision
 from .train.segmentation import SegmentationModule
 
 NETS = {  # label: (n_stages, base, top, size, batch)

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from cardiossp.config import PretrainConfig, load_config
 from cardiossp.ssp import SSP_METHODS
-from cardiossp.train import engine
+from cardiossp.train import engine, precision
 from cardiossp.train import pretrain as pretrain_mod
 from cardiossp.train.engine import build_trainer, may_be_distributed, steps_per_epoch
 from cardiossp.train.sampling import PaddedEval, SeededSampler, ShardedEvalSampler
@@ -126,7 +126,7 @@ def test_build_trainer_uses_ddp_whenever_the_world_may_exceed_one(tmp_path, monk
     monkeypatch.setattr(engine.L, "Trainer", RecordTrainer)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda)
-    monkeypatch.setattr(engine, "cuda_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cuda_has_native_bf16", lambda: True)
     for var in ("WORLD_SIZE", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(var, raising=False)
     kw = build_trainer(tmp_path, 1, devices=devices, num_nodes=num_nodes, find_unused_parameters=find_unused,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cardiossp.train import engine
-from cardiossp.train.engine import cpu_has_native_bf16, cuda_has_native_bf16, resolve_precision
+from cardiossp.train import precision
+from cardiossp.train.precision import cpu_has_native_bf16, cuda_has_native_bf16, resolve_precision
 
 
 # ------------------------------------------------------------------------------ resolve_precision
@@ -25,8 +25,8 @@ from cardiossp.train.engine import cpu_has_native_bf16, cuda_has_native_bf16, re
 ])
 def test_auto_precision(monkeypatch, cuda, cuda_bf16, cpu_bf16, accelerator, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    monkeypatch.setattr(engine, "cuda_has_native_bf16", lambda: cuda_bf16)
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: cpu_bf16)
+    monkeypatch.setattr(precision, "cuda_has_native_bf16", lambda: cuda_bf16)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: cpu_bf16)
     assert resolve_precision("auto", accelerator) == expected
     for explicit in ("32-true", "16-mixed", "bf16-mixed", "64-true"):
         assert resolve_precision(explicit, accelerator) == explicit
@@ -62,14 +62,14 @@ def test_cpu_bf16_from_cpuinfo(tmp_path, monkeypatch, cpuinfo, expected):
     path = tmp_path / "cpuinfo"
     if cpuinfo is not None:
         path.write_text(cpuinfo)
-    monkeypatch.setattr(engine, "CPUINFO", path)
+    monkeypatch.setattr(precision, "CPUINFO", path)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")  # names no bf16
     assert cpu_has_native_bf16() is expected
 
 
 def test_cpu_bf16_from_torch_capability(tmp_path, monkeypatch):
     (tmp_path / "cpuinfo").write_text(X86_OLD)
-    monkeypatch.setattr(engine, "CPUINFO", tmp_path / "cpuinfo")
+    monkeypatch.setattr(precision, "CPUINFO", tmp_path / "cpuinfo")
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AMX_BF16")
     assert cpu_has_native_bf16() is True
 
