@@ -22,6 +22,7 @@ from .models.weights import fit_state_dict, load_torch_file
 
 RECORD_KEY = "cardiossp"  # the entry of a checkpoint / model file holding its model record
 MODEL_FILE_FORMAT = "cardiossp-model-file-1"  # train.export.export_model: {format, config, state_dict, cardiossp}
+EMA_TEACHER_PREFIX = "semi.teacher.net."  # a semi-supervised run's EMA teacher in its Lightning state_dict
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -116,9 +117,11 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     return build_segmentation_model(cfg, load_encoder_weights=False)  # the checkpoint holds every weight
 
 
-def load_model(path: str | Path) -> tuple[TrainConfig, dict[str, torch.Tensor], nn.Module, Path, dict | None]:
+def load_model(path: str | Path, ema_teacher: bool = False
+               ) -> tuple[TrainConfig, dict[str, torch.Tensor], nn.Module, Path, dict | None]:
     """(config, network state dict, model with it loaded, checkpoint file, model record or None) of a
-    Lightning checkpoint of a training run or of an exported model file."""
+    Lightning checkpoint of a training run or of an exported model file. ``ema_teacher``: the weights of the
+    run's EMA teacher (``semi.teacher.net.*``, ``mean-teacher`` and ``bcp`` runs) instead of the student's."""
     ckpt = resolve_checkpoint(path)
     obj = load_torch_file(ckpt, "checkpoint")
     kind, method = checkpoint_kind(obj)
@@ -128,6 +131,9 @@ def load_model(path: str | Path) -> tuple[TrainConfig, dict[str, torch.Tensor], 
         src = ckpt if kind == "pretrained" else (run_folder(ckpt) or ckpt)
         raise CheckpointError(f"{ckpt}: {_PRETRAINING_NOT_SEGMENTATION.format(what=what, src=src)}")
     if isinstance(obj, dict) and obj.get("format") == MODEL_FILE_FORMAT:  # an exported model file
+        if ema_teacher:
+            raise CheckpointError(f"{ckpt}: an exported model file holds one network, no EMA teacher; give the "
+                                  "training run instead")
         cfg_dict, weights = obj.get("config"), obj.get("state_dict")
         if not isinstance(cfg_dict, dict) or not isinstance(weights, dict) or not weights:
             raise CheckpointError(f"{ckpt}: damaged cardiossp model file (needs config and state_dict)")
@@ -138,7 +144,11 @@ def load_model(path: str | Path) -> tuple[TrainConfig, dict[str, torch.Tensor], 
             raise CheckpointError(f"{ckpt}: not a cardiossp segmentation checkpoint (needs hyper_parameters.cfg "
                                   f"and state_dict)")
         cfg_dict = hp["cfg"]
-        weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        prefix = EMA_TEACHER_PREFIX if ema_teacher else "model."
+        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not weights and ema_teacher:
+            raise CheckpointError(f"{ckpt}: no EMA teacher in this checkpoint (only mean-teacher and bcp runs "
+                                  "have one); leave out --ema-teacher")
         if not weights:
             raise CheckpointError(f"{ckpt}: state_dict holds no 'model.*' weights: not a cardiossp segmentation "
                                   "checkpoint")

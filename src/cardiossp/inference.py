@@ -85,13 +85,15 @@ class Segmenter:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", tta: bool = False,
                         largest_component: bool = False, batch_size: int = 32,
-                        spacing: float | None = None, size: int | None = None) -> "Segmenter":
-        """Load a run folder, a ``.ckpt`` or an exported model file (``cardiossp export --format cardiossp``).
+                        spacing: float | None = None, size: int | None = None,
+                        ema_teacher: bool = False) -> "Segmenter":
+        """Load a run folder, a ``.ckpt`` or an exported model file (``cardiossp export --format cardiossp``);
+        ``ema_teacher``: a mean-teacher / bcp run's EMA teacher instead of its student.
 
         The grid (unless ``spacing`` / ``size`` are given) is the checkpoint's record; for an old checkpoint
         without one, the run's training cache (``config.yaml`` -> ``cache.json``); without that too, a warning
         and 1.25 mm / 256 px."""
-        cfg, _, model, ckpt, record = load_model(path)
+        cfg, _, model, ckpt, record = load_model(path, ema_teacher)
         grid = record_grid(record) if record is not None else None
         run = run_folder(ckpt)
         if grid is None and run is not None and (spacing is None or size is None):

@@ -26,24 +26,26 @@ from .errors import DataError
 
 
 def pseudo_label(model: str | Path, cache: str | Path, split: str | Path, out: str | Path, tta: bool = True,
-                 largest_component: bool = True, device: str = "auto", progress=None) -> Path:
+                 largest_component: bool = True, device: str = "auto", progress=None,
+                 ema_teacher: bool = False) -> Path:
     """Write (or complete) the pseudo-label store ``out`` for ``split``'s training and unlabeled subjects;
-    ``progress(subject, i, n)`` after each subject."""
+    ``progress(subject, i, n)`` after each subject. ``ema_teacher``: label with a mean-teacher / bcp run's
+    EMA teacher instead of its student."""
     from .inference import Segmenter
 
     sc, sp, out = SliceCache(cache), load_split(split), Path(out)
-    seg = Segmenter.from_checkpoint(model, device=device, tta=tta)
+    seg = Segmenter.from_checkpoint(model, device=device, tta=tta, ema_teacher=ema_teacher)
     if (seg.spacing, seg.size) != (float(sc.spacing), int(sc.size)):
         raise DataError(sc.path, f"the teacher {seg.checkpoint} was trained on a {seg.spacing} mm / {seg.size} px "
                                  f"grid, this cache is {sc.spacing} mm / {sc.size} px; use a cache of its grid")
     ckpt = Path(seg.checkpoint)
     record = {"format": FORMAT, "teacher": str(ckpt.resolve()), "teacher_sha256": sha256_file(ckpt),
               "cache": str(sc.path.resolve()), "spacing": float(sc.spacing), "size": int(sc.size), "tta": bool(tta),
-              "largest_component": bool(largest_component), "subjects": {}}
+              "largest_component": bool(largest_component), "ema_teacher": bool(ema_teacher), "subjects": {}}
     if (out / RECORD).is_file():
         old = read_record(out)
         settings = [k for k in record if k != "subjects"]
-        if any(old.get(k) != record[k] for k in settings):
+        if any(old.get(k, False if k == "ema_teacher" else None) != record[k] for k in settings):  # older: no key
             raise DataError(out / RECORD, "holds pseudo-labels of another teacher, cache or setting; "
                                           "choose another --out or delete it")
         record["subjects"] = {s: r for s, r in old["subjects"].items()

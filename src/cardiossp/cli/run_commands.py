@@ -107,17 +107,20 @@ def evaluate(
     subset: str = typer.Option("test", help="test | val | train"),
     tta: bool = typer.Option(False, help="mirror test-time augmentation"),
     largest_component: bool = typer.Option(False, help="keep the largest connected component per class"),
+    ema_teacher: bool = typer.Option(False, "--ema-teacher",
+                                     help="use a mean-teacher / bcp run's EMA teacher instead of its student"),
     device: str = typer.Option("auto", help="auto (CUDA when there is one), cpu or cuda[:N]"),
 ) -> None:
     """3D Dice, HD95, ASSD, MCD per class and phase in native geometry, plus clinical indices.
 
-    Tables go to RUN/eval/SUBSET, or SUBSET-tta / SUBSET-lcc / SUBSET-tta-lcc with those options."""
+    Tables go to RUN/eval/SUBSET, or SUBSET-tta / SUBSET-lcc / SUBSET-tta-lcc with those options
+    (SUBSET-ema-... for the EMA teacher)."""
     from ..evaluate.run import evaluate_run
 
     try:
         with subject_progress("evaluate") as update:  # a bar on a terminal, else one line per subject
             summary = evaluate_run(run, split=split, subset=subset, tta=tta, largest_component=largest_component,
-                                   device=device, progress=update)
+                                   device=device, ema_teacher=ema_teacher, progress=update)
     except CardiosspError as e:
         fail(e)
     import pandas as pd
@@ -135,6 +138,8 @@ def pseudo_label(
     out: Path = typer.Option(..., help="folder for the pseudo-labels (resumes if it exists)"),
     tta: bool = typer.Option(True, help="mirror test-time augmentation"),
     largest_component: bool = typer.Option(True, help="keep the largest 3D connected component per class"),
+    ema_teacher: bool = typer.Option(False, "--ema-teacher",
+                                     help="use a mean-teacher / bcp run's EMA teacher instead of its student"),
     device: str = typer.Option("auto", help="auto (CUDA when there is one), cpu or cuda[:N]"),
 ) -> None:
     """Label every cached frame of the split's training and unlabeled subjects with a teacher, for
@@ -142,7 +147,8 @@ def pseudo_label(
     from ..pseudo_label import pseudo_label as make
 
     with subject_progress("pseudo-label") as update:
-        make(model, cache, split, out, tta=tta, largest_component=largest_component, device=device, progress=update)
+        make(model, cache, split, out, tta=tta, largest_component=largest_component, device=device, progress=update,
+             ema_teacher=ema_teacher)
     console.print(f"pseudo-labels: {out}", highlight=False)
 
 

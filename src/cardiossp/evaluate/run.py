@@ -147,9 +147,12 @@ def summarise(per_subject: pd.DataFrame, clinical: pd.DataFrame) -> dict:
     return out
 
 
-def eval_folder_name(subset: str, tta: bool = False, largest_component: bool = False) -> str:
-    """``test``, ``test-tta``, ``test-lcc``, ``test-tta-lcc``: each setting keeps its own tables."""
-    return str(subset) + ("-tta" if tta else "") + ("-lcc" if largest_component else "")
+def eval_folder_name(subset: str, tta: bool = False, largest_component: bool = False,
+                     ema_teacher: bool = False) -> str:
+    """``test``, ``test-tta``, ``test-lcc``, ``test-tta-lcc`` (``-ema`` for the EMA teacher): each setting keeps
+    its own tables."""
+    return (str(subset) + ("-ema" if ema_teacher else "") + ("-tta" if tta else "")
+            + ("-lcc" if largest_component else ""))
 
 
 def evaluate_run(
@@ -162,13 +165,15 @@ def evaluate_run(
     cache: str | Path | None = None,
     largest_component: bool = False,
     device: str = "cpu",
+    ema_teacher: bool = False,
     segmenter: Segmenter | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
     """Evaluate run folder ``run`` on ``subset`` of its split (or of ``split``); returns the summary.
 
     ``cache`` defaults to the run's training cache (``RUN/config.yaml``); ``segmenter`` replaces
-    the run's checkpoint (e.g. an ensemble). ``progress(subject, i, n)`` after each subject. Tables go
+    the run's checkpoint (e.g. an ensemble); ``ema_teacher`` evaluates a mean-teacher / bcp run's EMA
+    teacher instead of its student. ``progress(subject, i, n)`` after each subject. Tables go
     to ``out``, by default ``RUN/eval/<subset>[-tta][-lcc]``.
     """
     t0 = time.time()
@@ -188,7 +193,8 @@ def evaluate_run(
     if not labeled:
         raise ConfigError(f"subset {subset!r} of {split_path} holds no labeled subjects")
     if segmenter is None:
-        segmenter = Segmenter.from_checkpoint(run, device=device, tta=tta, largest_component=largest_component)
+        segmenter = Segmenter.from_checkpoint(run, device=device, tta=tta, largest_component=largest_component,
+                                              ema_teacher=ema_teacher)
     rows, clin = [], []
     for i, s in enumerate(labeled):
         r, c = evaluate_subject(segmenter, sc, s, tta=tta, largest_component=largest_component)
@@ -199,11 +205,13 @@ def evaluate_run(
     per_subject = pd.DataFrame(rows)
     clinical = pd.DataFrame(clin, columns=INFO_COLUMNS + [f"{k}_{s}" for k in CLINICAL_KEYS
                                                           for s in ("gt", "pred", "error", "abs_error")])
-    out_dir = Path(out) if out is not None else run / "eval" / eval_folder_name(subset, tta, largest_component)
+    out_dir = Path(out) if out is not None else run / "eval" / eval_folder_name(subset, tta, largest_component,
+                                                                               ema_teacher)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {
         "run": str(run), "checkpoint": str(getattr(segmenter, "checkpoint", None) or ""),
         "cache": str(cache_path), "split": str(split_path), "subset": str(subset), "tta": bool(tta),
+        "ema_teacher": bool(ema_teacher),
         "largest_component": bool(largest_component), "n_subjects": len(labeled), "n_cases": len(per_subject),
         "skipped_unlabeled": [s for s in ids if s not in labeled],
         **summarise(per_subject, clinical), "seconds": round(time.time() - t0, 2),
