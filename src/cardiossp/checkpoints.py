@@ -4,7 +4,7 @@ A run folder (``RUN/checkpoints/best.ckpt``, else ``last.ckpt``), a Lightning ch
 an exported model file (``cardiossp export --format cardiossp``) all load through ``load_model``, with
 ``torch.load(weights_only=True)`` (``models.weights.load_torch_file``); a pretraining run or its weights get
 one line saying to fine-tune first. The checkpoint's model record (``RECORD_KEY``) carries the grid the
-model was trained on; ``inference.Segmenter`` is the one user of it.
+model was trained on (read by ``inference.Segmenter``, written by ``train.export``).
 """
 
 from __future__ import annotations

@@ -45,7 +45,8 @@ def pseudo_label(model: str | Path, cache: str | Path, split: str | Path, out: s
     if (out / RECORD).is_file():
         old = read_record(out)
         settings = [k for k in record if k != "subjects"]
-        if any(old.get(k, False if k == "ema_teacher" else None) != record[k] for k in settings):  # older: no key
+        old = {"ema_teacher": False, **old}  # stores written before the option hold no such key
+        if any(old.get(k) != record[k] for k in settings):
             raise DataError(out / RECORD, "holds pseudo-labels of another teacher, cache or setting; "
                                           "choose another --out or delete it")
         record["subjects"] = {s: r for s, r in old["subjects"].items()
