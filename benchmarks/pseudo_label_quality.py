@@ -14,9 +14,10 @@ import argparse
 
 import numpy as np
 
+from cardiossp.data.budgets import training_subjects
 from cardiossp.data.pseudo import PseudoLabels
 from cardiossp.data.slices import SliceCache
-from cardiossp.data.splits import load_split, training_subjects
+from cardiossp.data.splits import load_split
 from cardiossp.train.fit import unlabeled_pool
 
 CLASSES = {1: "LV", 2: "MYO", 3: "RV"}

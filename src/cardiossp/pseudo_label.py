@@ -18,10 +18,11 @@ import numpy as np
 import torch
 
 from .checksum import sha256_file
+from .data.budgets import pretraining_subjects
 from .data.labels import keep_largest_component
 from .data.pseudo import FORMAT, RECORD, read_record, write_subject
 from .data.slices import SliceCache
-from .data.splits import load_split, pretraining_subjects
+from .data.splits import load_split
 from .errors import DataError
 
 

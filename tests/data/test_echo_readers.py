@@ -16,12 +16,13 @@ import pytest
 import SimpleITK as sitk
 from skimage.draw import polygon
 
+from cardiossp.data.budgets import training_subjects
 from cardiossp.data.cache import prepare
 from cardiossp.data.datasets import LabeledSlices
 from cardiossp.data.readers import get_reader
 from cardiossp.data.readers.echonet import tracing_mask
 from cardiossp.data.slices import SliceCache
-from cardiossp.data.splits import load_split, make_split, save_split, training_subjects
+from cardiossp.data.splits import load_split, make_split, save_split
 from cardiossp.errors import DataError
 
 # ------------------------------------------------------------------ CAMUS fixtures

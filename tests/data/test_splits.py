@@ -5,15 +5,8 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from cardiossp.data.splits import (
-    load_split,
-    make_split,
-    parse_budget,
-    parse_budgets,
-    pretraining_subjects,
-    save_split,
-    training_subjects,
-)
+from cardiossp.data.budgets import parse_budget, parse_budgets, pretraining_subjects, training_subjects
+from cardiossp.data.splits import load_split, make_split, save_split
 from cardiossp.errors import ConfigError
 
 
@@ -84,6 +77,21 @@ def test_fraction_budgets_are_nested_with_count_budgets(tmp_path):
         assert training_subjects(back, budget=b) == s["budgets"][2]
     assert training_subjects(back, budget="all") == s["train"]
     assert len(training_subjects(back, budget=0.5)) == 24  # not stored: drawn from the training subjects
+
+
+def test_a_budget_the_split_does_not_store_is_drawn_nested_with_the_stored_ones(tmp_path):
+    s = load_split(save_split(make_split(_subjects(), seed=2, val=0.15, test=0.25, budgets=[2, 10]),
+                              tmp_path / "split.yaml"))
+    two, ten = set(s["budgets"][2]), set(s["budgets"][10])
+    five = training_subjects(s, 5)
+    assert len(five) == 5 and two < set(five) < ten
+    assert training_subjects(s, 5) == five  # the split's seed: the same draw every time
+    twenty = training_subjects(s, 20)
+    assert len(twenty) == 20 and ten < set(twenty) <= set(s["train"])
+    assert set(training_subjects(s, 1)) < two
+    # without stored budgets the draw is the seeded permutation of the training subjects, as before
+    bare = {**s, "budgets": {}, "budget_fractions": {}}
+    assert len(training_subjects(bare, 5)) == 5 and set(training_subjects(bare, 5)) <= set(s["train"])
 
 
 @pytest.mark.parametrize("bad", ["abc", 1.5, 0, "-5%", "150%"])

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from cardiossp.config import TrainConfig, load_config
+from cardiossp.data.budgets import training_subjects
 from cardiossp.data.datasets import PseudoLabeledSlices
 from cardiossp.data.labels import keep_largest_component
 from cardiossp.data.pseudo import PseudoLabels
 from cardiossp.data.slices import SliceCache
-from cardiossp.data.splits import load_split, training_subjects
+from cardiossp.data.splits import load_split
 from cardiossp.errors import ConfigError, DataError
 from cardiossp.inference import Segmenter
 from cardiossp.pseudo_label import pseudo_label

@@ -14,9 +14,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from cardiossp.config import PretrainConfig, TrainConfig, load_config
+from cardiossp.data.budgets import training_subjects
 from cardiossp.data.datasets import LabeledSlices
 from cardiossp.data.slices import SliceCache
-from cardiossp.data.splits import load_split, training_subjects
+from cardiossp.data.splits import load_split
 from cardiossp.errors import ConfigError
 from cardiossp.models import MODELS
 from cardiossp.semi import SEMI_METHODS

@@ -107,8 +107,9 @@ def split(
     """Subject-level train/val/test split with nested label budgets and vendor subsets.
 
     With --test-from / --test-list the test set is exactly those subjects; the rest gives train and val."""
+    from ..data.budgets import parse_budgets
     from ..data.slices import SliceCache
-    from ..data.splits import make_split, parse_budgets, save_split
+    from ..data.splits import make_split, save_split
 
     try:
         fixed = bool(test_from or test_list)

@@ -18,7 +18,8 @@ subjects of budget 10 contain the 5 of budget 5) so that a larger budget only ad
 Budgets are given as a number of training patients (``10``), a fraction of them (``0.05`` or
 ``5%``: "fine-tuned on 5% of the labels", Saeed et al. 2022) or ``all``. A fraction resolves to
 ``max(1, round(f x n_train))`` patients when the split is made and is stored both as that
-integer budget and in ``budget_fractions: {0.05: N}``, so every budget stays nested.
+integer budget and in ``budget_fractions: {0.05: N}``, so every budget stays nested. Reading a
+budget (stored or not) and the subjects pretraining may use: ``data.budgets``.
 
 Units are patients: subjects sharing a ``patient`` (subjects table column, e.g. CAMUS's 2CH
 and 4CH sequences of one patient) always land in the same part and budget; without that
@@ -46,6 +47,7 @@ import yaml
 
 from ..atomic import write_yaml
 from ..errors import ConfigError, DataError
+from .budgets import budget_size, parse_budget
 
 
 def require_metadata(subjects: pd.DataFrame, column: str, ids, why: str) -> None:
@@ -92,37 +94,6 @@ def stratified_order(ids: list[str], strata: list[str], rng: np.random.Generator
             keyed.append(((k + rng.uniform(0.25, 0.75)) / len(q), s, item))
     keyed.sort()
     return [str(item) for _, _, item in keyed][:n]
-
-
-def parse_budget(value) -> int | float | str:
-    """``10`` -> 10 patients; ``0.05`` / ``"5%"`` -> the fraction 0.05; ``"all"`` -> ``"all"``."""
-    text = str(value).strip().lower()
-    try:
-        if text == "all":
-            return "all"
-        number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        raise ConfigError(f"label budget {value!r} is not a number, a fraction, a percentage or 'all'") from None
-    if number >= 1 and number == int(number) and not text.endswith("%"):
-        return int(number)
-    if not 0 < number <= 1:
-        raise ConfigError(f"label budget {value!r}: give a fraction in (0, 1), a percentage, or a whole number >= 1")
-    return number
-
-
-def parse_budgets(text: str) -> list[int | float | str]:
-    """Comma-separated budgets, e.g. ``"0.05,10,all"`` (CLI ``--budgets``)."""
-    return [parse_budget(b) for b in text.split(",") if b.strip()]
-
-
-def budget_size(budget, n_train: int) -> int:
-    """Patients in ``budget`` (a count, a fraction of ``n_train``, or ``all``)."""
-    b = parse_budget(budget)
-    if b == "all":
-        return n_train
-    if isinstance(b, float):
-        return max(1, int(np.floor(b * n_train + 0.5)))
-    return b
 
 
 def _groups(labeled: pd.DataFrame) -> pd.Series:
@@ -332,32 +303,3 @@ def check_split(split: dict, path: str | Path | None = None) -> None:
             if leak:
                 raise DataError(path, f"{kind} {name} holds {len(leak)} {scored[leak[0]]} subject(s), which would "
                                       f"be trained on and scored: {', '.join(leak[:8])}")
-
-
-def training_subjects(split: dict, budget: float | str | None = None, subset: str | None = None) -> list[str]:
-    """Labeled training subjects for a budget (N patients, a fraction such as 0.05 / "5%", or "all")
-    and/or a named subset. A fraction the split was made with reads its stored budget."""
-    ids = split["train"]
-    if subset is not None:
-        if subset not in split["subsets"]:
-            raise ConfigError(f"split has no subset {subset!r}; it has {sorted(split['subsets'])}")
-        ids = split["subsets"][subset]
-    if budget is None:
-        return list(ids)
-    b = parse_budget(budget)
-    if b == "all":
-        return list(ids)
-    if isinstance(b, float) and subset is None and b in split.get("budget_fractions", {}):
-        b = split["budget_fractions"][b]
-    if b in split["budgets"] and subset is None:
-        return split["budgets"][b]
-    n = budget_size(b, len(ids))
-    if n > len(ids):
-        raise ConfigError(f"label budget {budget} exceeds the {len(ids)} available training subjects")
-    rng = np.random.default_rng(split.get("seed", 0))
-    return sorted(rng.permutation(ids)[:n].tolist())
-
-
-def pretraining_subjects(split: dict) -> list[str]:
-    """Subjects whose every frame pretraining may use: training plus unlabeled, never val/test."""
-    return sorted(set(split["train"]) | set(split["unlabeled"]))

@@ -24,10 +24,11 @@ from lightning.pytorch.utilities import CombinedLoader
 from ..config import TrainConfig
 from ..data.augment import build_transforms, spatial_transforms, val_transforms
 from ..data.batch_augment import SeededParams, device_augmentation
+from ..data.budgets import training_subjects
 from ..data.datasets import LabeledSlices, PseudoLabeledSlices, UnlabeledSlices
 from ..data.pseudo import PseudoLabels
 from ..data.slices import SliceCache
-from ..data.splits import load_split, training_subjects
+from ..data.splits import load_split
 from ..errors import ConfigError
 from ..models import deep_supervision_scales
 from ..semi import SEMI_METHODS

@@ -24,10 +24,11 @@ import torch
 
 from ..config import PretrainConfig, from_dict, to_dict
 from ..data.batch_augment import apply_batch, device_augmentation
+from ..data.budgets import pretraining_subjects
 from ..data.datasets import UnlabeledSlices
 from ..data.labels import NUM_CLASSES
 from ..data.slices import SliceCache
-from ..data.splits import load_split, pretraining_subjects
+from ..data.splits import load_split
 from ..models import build_from_config
 from ..models.weights import save_weights
 from ..ssp import SSP_METHODS, build_method, schedules
