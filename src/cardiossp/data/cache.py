@@ -26,7 +26,8 @@ by what their folders hold now; e.g. ACDC's ``training/`` and then ``testing/`` 
 150 patients. A subject key that another source already holds is refused (``DataError``) before its
 folder is written. ``meta.json`` records the resolved data folder (``data``) and the reader's subject id
 (``reader_id``) a subject came from (``split --test-from`` finds subjects by them); for subjects written
-before, the folder is inferred from ``cache.json``'s sources, and both fields are added when reused.
+before, the folder is inferred from ``cache.json``'s sources, and both fields are added when reused. What an
+existing cache holds and may re-use or keep: ``data.cache_reuse``.
 
 One writer at a time: ``prepare`` holds an exclusive ``fcntl.flock`` on ``<cache>/.prepare.lock`` (a
 second ``prepare``, or a second ``experiment --shard`` job, of the same cache waits, saying who holds
@@ -54,10 +55,11 @@ import pandas as pd
 
 from ..atomic import atomic_path, write_csv, write_json
 from ..errors import DataError
+from .cache_reuse import earlier_subjects, finished_subjects, reusable
 from .locking import LOCK_NAME, cache_lock  # noqa: F401  (LOCK_NAME: part of this module's interface)
 from .preprocess import preprocess_subject
 from .readers import get_reader
-from .slices import ARRAYS, array_record, verify_subject
+from .slices import ARRAYS, array_record
 from .subject import Subject
 
 FORMAT_VERSION = 1
@@ -195,10 +197,10 @@ def _prepare(sources: list[tuple[str, str | Path]], out: Path, spacing: float, s
             raise DataError(out, f"cache holds spacing {info.get('spacing')} / size {info.get('size')}; "
                                  f"asked for {spacing} / {size}: use another --out folder")
     named = [(r, str(Path(d).resolve())) for r, d in sources]
-    kept, damaged = _earlier_subjects(out, named, size, info.get("sources", []))
+    kept, damaged = earlier_subjects(out, named, size, info.get("sources", []))
     kept_sources = [s for s in info.get("sources", []) if (s.get("reader"), s.get("data")) not in named]
     metas: dict[str, dict] = {}
-    done = _meta_index(out)
+    done = finished_subjects(out)
     old = sum(1 for m in done.values() if not m.get("arrays"))
     if old:
         warnings.warn(f"{out}: {old} cached subject(s) were written before caches recorded their arrays' "
@@ -214,7 +216,7 @@ def _prepare(sources: list[tuple[str, str | Path]], out: Path, spacing: float, s
         source_list.append({"reader": reader_name, "data": resolved, "subjects": len(ids)})
         for i, sid in enumerate(ids):
             fp = _fingerprint(reader_name, sid, reader.source_files(root, sid), spacing, size)
-            meta = _reusable(out, done.get((reader_name, fp)), size)
+            meta = reusable(out, done.get((reader_name, fp)), size)
             reused = meta is not None
             if meta is None:
                 subject = reader.load(root, sid)
@@ -249,93 +251,6 @@ def _check_key(where: Path, key: str, metas: dict[str, dict], kept: dict[str, di
         raise DataError(where, f"subject key {key!r} is already in the cache from another source "
                                f"({m.get('reader')}, {m.get('data') or m.get('source')}); give it another name, or "
                                "prepare into another cache folder")
-
-
-def _data_folder(meta: dict, old_sources: list[dict]) -> str | None:
-    """The resolved data folder a cached subject was read from: ``meta["data"]``, or, for subjects written
-    before meta recorded it, the earlier source of its reader in ``cache.json`` (the one holding its
-    ``source`` path when there are several); None when that cannot be told."""
-    if meta.get("data"):
-        return str(meta["data"])
-    same = [str(s.get("data")) for s in old_sources if s.get("reader") == meta.get("reader") and s.get("data")]
-    if len(same) == 1:
-        return same[0]
-    try:
-        src = Path(str(meta.get("source") or "")).resolve()
-    except (OSError, ValueError):
-        return None
-    inside = [d for d in same if src.is_relative_to(Path(d))]
-    return max(inside, key=len) if inside else None
-
-
-def _belongs(meta: dict, named: list[tuple[str, str]], old_sources: list[dict]) -> bool:
-    """Was this cached subject read from one of the ``(reader, resolved data folder)`` sources? (A subject
-    whose folder cannot be told belongs to any source of its reader: it is prepared again, not duplicated.)"""
-    data = _data_folder(meta, old_sources)
-    return any(meta.get("reader") == reader and (data is None or data == folder) for reader, folder in named)
-
-
-def _earlier_subjects(out: Path, named: list[tuple[str, str]], size: int, old_sources: list[dict]
-                      ) -> tuple[dict[str, dict], dict[str, tuple[Path, str]]]:
-    """(the subjects the cache's tables list now that none of this run's sources owns: kept in the tables,
-    the listed subjects whose folder is gone or damaged: key -> (file, problem), dropped)."""
-    table = out / "subjects.csv"
-    if not table.is_file():
-        return {}, {}
-    try:
-        keys = [str(k) for k in pd.read_csv(table, usecols=["subject"])["subject"]]
-    except (OSError, ValueError, pd.errors.ParserError) as e:
-        warnings.warn(f"{table}: cannot read the subjects table ({e}); earlier subjects are not kept", stacklevel=4)
-        return {}, {}
-    kept, damaged = {}, {}
-    for key in keys:
-        folder = out / "subjects" / key
-        try:
-            meta = json.loads((folder / "meta.json").read_text())
-            problems = verify_subject(folder, meta, size, level="size")
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
-            problems = [(folder / "meta.json", f"unreadable subject record ({e})")]
-            meta = None
-        if meta is not None and _belongs(meta, named, old_sources):
-            continue  # its source is prepared again now: it comes back if that source still has it
-        if problems:
-            damaged[key] = problems[0]
-            continue
-        kept[key] = meta
-    return kept, damaged
-
-
-def _reusable(out: Path, meta: dict | None, size: int) -> dict | None:
-    """``meta`` if its subject's arrays match their record in full (SHA-256), else None (prepare again).
-    Old subjects without a record are prepared again: nothing says what their arrays should hold."""
-    if meta is None:
-        return None
-    folder = out / "subjects" / meta["key"]
-    if not meta.get("arrays"):
-        return None
-    try:
-        problems = verify_subject(folder, meta, size, level="hash")
-    except (KeyError, TypeError, ValueError) as e:
-        problems = [(folder / "meta.json", f"subject record is damaged ({e})")]
-    if problems:
-        path, problem = problems[0]
-        warnings.warn(f"{path}: {problem}; preparing {meta['subject_id']} again", stacklevel=3)
-        return None
-    return meta
-
-
-def _meta_index(out: Path) -> dict[tuple[str, str], dict]:
-    """Finished subject folders of a cache, by (reader, fingerprint)."""
-    metas = {}
-    for meta_path in (out / "subjects").glob("*/meta.json"):
-        try:
-            m = json.loads(meta_path.read_text())
-            key = (m["reader"], m["fingerprint"])
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-            continue  # a broken record is recomputed
-        if all((meta_path.parent / f).exists() for f in ARRAYS):
-            metas[key] = m
-    return metas
 
 
 def _write_tables(out: Path, metas: dict[str, dict]) -> None:
