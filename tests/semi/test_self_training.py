@@ -130,6 +130,36 @@ def test_student_trains_on_pseudo_labels_without_reading_pool_labels(tmp_path, p
     assert (m.dropna(subset=["train_unsup"])["train_unsup"] > 0).all()
 
 
+def test_reliable_frames_are_the_most_confident_and_the_student_trains_on_them_only(tmp_path, phantom_cache,
+                                                                                   teacher, monkeypatch):
+    cache, split = phantom_cache
+    sc = SliceCache(cache)
+    out = pseudo_label(teacher, cache, split, tmp_path / "pl", tta=False, device="cpu")
+    pool = unlabeled_pool(load_split(split), training_subjects(load_split(split), 2))
+    store = PseudoLabels(out, sc)
+    conf = {(s, t): c for s in pool for t, c in enumerate(store.record["subjects"][s]["mean_confidence"])}
+    kept = store.most_confident_frames(pool, 0.5)
+    assert len(kept) == int(np.floor(0.5 * len(conf) + 0.5)) and kept < set(conf)
+    assert min(conf[f] for f in kept) >= max(conf[f] for f in set(conf) - kept)  # the slow reference: compare all
+    assert len(store.most_confident_frames(pool, 1e-6)) == 1
+    ds = PseudoLabeledSlices(sc, store, pool, frames=kept)
+    assert {(s, int(t)) for s, t in zip(ds.subject, ds.frame)} == kept
+    assert len(ds) == sum(len(sc.rows(subjects=[s]).query("frame == @t")) for s, t in kept)
+    guard_labels(monkeypatch, set(pool))
+    cfg = load_config(TrainConfig, "train", "tiny", {"labeled_subjects": 2, "schedule.epochs": 1,
+                                                      "schedule.iters_per_epoch": 2, "data.batch_size": 4,
+                                                      "semi.method": "self-training", "semi.pseudo_labels": str(out),
+                                                      "semi.options": {"reliable": 0.5}})
+    done = json.loads((train_segmentation(cfg, cache, split, tmp_path / "student", progress=False)
+                       / "done.json").read_text())
+    assert done["unlabeled_slices"] == len(ds) < len(sc.rows(subjects=pool))
+    assert done["pseudo_labels"]["frames"] == len(kept)
+    cfg.semi.options = {"reliable": 1.5}
+    with pytest.raises(ConfigError, match="reliable=1.5"):
+        train_segmentation(cfg, cache, split, tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_config_pairs_method_and_store():
     with pytest.raises(ConfigError, match="pseudo_labels"):
         load_config(TrainConfig, "train", "tiny", {"semi.method": "self-training"})

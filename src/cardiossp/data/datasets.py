@@ -122,12 +122,16 @@ class UnlabeledSlices(GeometryTargets, Dataset):
 class PseudoLabeledSlices(LabeledSlices):
     """Every 2D slice of every cached frame of ``subjects``, with a teacher's pseudo-labels
     (``data.pseudo.PseudoLabels``) as the segmentation: self-training's unlabeled batch. The cache's
-    own label arrays are never opened."""
+    own label arrays are never opened. ``frames``: only these (subject, frame) pairs (e.g.
+    ``PseudoLabels.most_confident_frames``); None: every frame."""
 
     def __init__(self, cache: SliceCache, pseudo, subjects: Sequence[str],
-                 transform: Callable[[dict], dict] | None = None):
+                 transform: Callable[[dict], dict] | None = None, frames: set[tuple[str, int]] | None = None):
         self.pseudo = pseudo
-        self._init_rows(cache, cache.rows(subjects=subjects), transform, f"no slices for {len(subjects)} subjects")
+        rows = cache.rows(subjects=subjects)
+        if frames is not None:
+            rows = rows[[(s, int(t)) in frames for s, t in zip(rows["subject"], rows["frame"])]]
+        self._init_rows(cache, rows, transform, f"no slices for {len(subjects)} subjects")
 
     def _segmentation(self, i: int) -> np.ndarray:
         return self.pseudo.label(self.subject[i], int(self.frame[i]), int(self.slice[i]))

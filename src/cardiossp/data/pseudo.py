@@ -89,6 +89,18 @@ class PseudoLabels:
         state["_arrays"] = {}
         return state
 
+    def most_confident_frames(self, subjects, fraction: float) -> set[tuple[str, int]]:
+        """The ``fraction`` of the frames of ``subjects`` whose pseudo-labels the teacher was surest of, by
+        each frame's recorded mean max-probability (ST++'s reliable images), as (subject, frame) pairs;
+        at least one frame. Ties go to the earlier subject and frame."""
+        frames = [(-float(c), s, t) for s in sorted(subjects)
+                  for t, c in enumerate(self.record["subjects"][s].get("mean_confidence", []))]
+        if not frames:
+            raise DataError(self.folder / RECORD, "records no per-frame confidence to rank the frames by; "
+                                                  "run `cardiossp pseudo-label` again")
+        keep = max(1, int(np.floor(fraction * len(frames) + 0.5)))
+        return {(s, t) for _, s, t in sorted(frames)[:keep]}
+
     def array(self, subject: str) -> np.ndarray:
         if subject not in self._arrays:
             path = self.folder / f"{subject}.npy"

@@ -14,22 +14,44 @@ is the one that is noised, the teacher labeled clean images).
   the two batches costs, and the pseudo-labels are as good as the teacher at test time (3D clean-up and
   TTA, which per-step pseudo-labels cannot afford).
 
-ST++ also re-trains in two rounds on the most reliable images first; ``cardiossp pseudo-label`` records
-each frame's mean confidence, but that selection is not implemented.
+* ``reliable`` (ST++'s selection of reliable images, one round): the student trains on that fraction of
+  the pool's frames whose pseudo-labels the teacher was surest of (each frame's mean max-probability,
+  recorded by ``cardiossp pseudo-label``); 1.0 (the default) keeps every frame. ST++ ranks images by the
+  stability of the teacher's predictions across its checkpoints and, in a second round, relabels the rest
+  with the first student; neither is done here.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .base import SEMI_METHODS, SemiMethod, Step, Supervised, joint_forward, rows
 
 
 @SEMI_METHODS.register("self-training")
 class SelfTraining(SemiMethod):
     name = "self-training"
-    defaults = {"weight": 1.0}
+    defaults = {"weight": 1.0, "reliable": 1.0}
     uses_pseudo_labels = True
+
+    def __init__(self, student: nn.Module, options: dict | None = None):
+        super().__init__(student, options)
+        self._reliable(self.cfg)  # a bad value fails when the model is built, before any run folder exists
+
+    @staticmethod
+    def _reliable(cfg: dict) -> float:
+        fraction = float(cfg["reliable"])
+        if not 0 < fraction <= 1:
+            raise ConfigError(f"self-training option reliable={fraction}: give a fraction of the pool's frames "
+                              "in (0, 1]")
+        return fraction
+
+    @classmethod
+    def pool_frames(cls, store, subjects, options: dict) -> set[tuple[str, int]] | None:
+        """The (subject, frame) pairs of the pool the student trains on; None: every frame."""
+        fraction = cls._reliable({**cls.defaults, **options})
+        return None if fraction == 1 else store.most_confident_frames(subjects, fraction)
 
     def training_terms(self, model: nn.Module, supervised: Supervised, labeled: dict, unlabeled: dict,
                        step: Step) -> dict[str, Tensor]:

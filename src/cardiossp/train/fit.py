@@ -81,7 +81,8 @@ def train_segmentation(
             if semi.uses_pseudo_labels:  # self-training: the pool's slices, a teacher's labels, labeled augmentation
                 pseudo = PseudoLabels(cfg.semi.pseudo_labels, sc)
                 pseudo.require(pool)
-                unl_ds = PseudoLabeledSlices(sc, pseudo, pool, train_tf)
+                frames = semi.pool_frames(pseudo, pool, cfg.semi.options)
+                unl_ds = PseudoLabeledSlices(sc, pseudo, pool, train_tf, frames)
             else:
                 unl_ds = UnlabeledSlices(sc, pool, transform=SeededParams(d.augment, patch) if on_device
                                          else spatial_transforms(d.augment, patch))
@@ -93,6 +94,7 @@ def train_segmentation(
             if semi.uses_pseudo_labels:
                 facts["pseudo_labels"] = {k: pseudo.record[k] for k in ("teacher", "teacher_sha256", "tta",
                                                                         "largest_component")}
+                facts["pseudo_labels"]["frames"] = "all" if frames is None else len(frames)
         run.save_config(cache=str(Path(cache).resolve()), split=str(Path(split).resolve()), train_subjects=train_ids,
                         train_slices=len(train_ds), **facts)
         val_loader = None
