@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pandas as pd
 import pytest
@@ -23,6 +24,8 @@ from cardiossp.models import MODELS
 from cardiossp.semi import SEMI_METHODS
 from cardiossp.train.fit import train_segmentation, unlabeled_pool
 from cardiossp.train.pretrain import PretrainModule
+from cardiossp.train.run import in_eval_by_design
+from cardiossp.train.segmentation import SegmentationModule
 from tests.stop_after import StopAfter
 
 TINY_MODELS = {  # every registered model, small enough for two semi-supervised steps at 64 px
@@ -135,6 +138,21 @@ def test_semi_resume_gives_the_uninterrupted_weights(tmp_path, phantom_cache, on
         assert a.keys() == b.keys()
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=f"{method}: {k}")
+
+
+def test_lightning_is_quiet_about_ema_teachers_but_not_about_other_eval_modules(tmp_path, phantom_cache, one_thread):
+    """The EMA teacher stays in eval mode by design: no "modules in eval mode" warning for it; any other
+    submodule left in eval mode still counts."""
+    cache, split = phantom_cache
+    module = SegmentationModule(semi_cfg("mean-teacher"), total_steps=1)
+    assert in_eval_by_design(module)
+    assert not in_eval_by_design(SegmentationModule(semi_cfg("unimatch"), total_steps=1))  # nothing in eval
+    next(iter(module.model.children())).eval()
+    assert not in_eval_by_design(module)  # a student part in eval mode is not by design
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        train_segmentation(semi_cfg("mean-teacher"), cache, split, tmp_path / "run", progress=False)
+    assert not [w for w in seen if "in eval mode" in str(w.message)]
 
 
 def test_semi_with_multitask_is_refused(tmp_path, phantom_cache):

@@ -98,6 +98,8 @@ class EMATeacher(nn.Module):
     It runs in eval mode (BatchNorm with running statistics, no dropout).
     """
 
+    stays_in_eval = True  # the engine tells Lightning not to warn about its eval-mode submodules
+
     def __init__(self, student: nn.Module):
         super().__init__()
         self.net = copy.deepcopy(student)

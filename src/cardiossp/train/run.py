@@ -34,11 +34,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch.utils.data import DataLoader
 
 from ..atomic import write_json
@@ -268,7 +270,10 @@ class RunSkeleton:
     def fit(self, module: L.LightningModule, train_loader, val_loader=None) -> None:
         if self._resume_shapes is not None:
             check_resume_fits(self.ckpt_path, self._resume_shapes, module)
-        with kept_metrics(self.out, self.resume, enabled=self.is_global_zero):
+        with kept_metrics(self.out, self.resume, enabled=self.is_global_zero), warnings.catch_warnings():
+            if in_eval_by_design(module):  # Lightning's "modules in eval mode" would only be about EMA teachers
+                warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode",
+                                        category=PossibleUserWarning)
             self.trainer.fit(module, train_loader, val_loader, ckpt_path=self.ckpt_path, weights_only=True)
         self.seconds = self.elapsed.seconds  # every session of the run, resumes included
         if self.is_global_zero and not self.finished:
@@ -288,3 +293,11 @@ class RunSkeleton:
         log.info(f"finished: {_facts(done)}")
         log.info(f"final metrics: {_metrics(done.get('metrics') or final)}")
         return done
+
+
+def in_eval_by_design(module: torch.nn.Module) -> bool:
+    """Every submodule of ``module`` in eval mode lies inside one that stays in eval mode by design
+    (``stays_in_eval = True``: the EMA teachers of ``semi.base``), and there is at least one."""
+    owners = [name for name, m in module.named_modules() if getattr(m, "stays_in_eval", False)]
+    in_eval = [name for name, m in module.named_modules() if not m.training]
+    return bool(in_eval) and all(any(n == o or n.startswith(o + ".") for o in owners) for n in in_eval)
