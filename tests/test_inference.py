@@ -18,12 +18,13 @@ import torch
 from cardiossp.checkpoints import load_checkpoint
 from cardiossp.config import TrainConfig, load_config, save_run_config
 from cardiossp.data.cache import prepare
+from cardiossp.data.labels import keep_connected_heart, keep_largest_component
 from cardiossp.data.readers import get_reader
 from cardiossp.data.readers.phantom import write_phantom_config
 from cardiossp.data.slices import SliceCache
 from cardiossp.data.splits import make_split, save_split
 from cardiossp.errors import CheckpointError, DataError
-from cardiossp.inference import Segmenter, keep_largest_component
+from cardiossp.inference import Segmenter
 from cardiossp.predict import predict_files
 from cardiossp.train.segmentation import SegmentationModule
 
@@ -173,6 +174,29 @@ def test_keep_largest_component_against_a_reference():
     ref[10:12, 10:12, 1] = 0
     ref[2:6, 12:13, 3] = 0
     np.testing.assert_array_equal(out, ref)
+
+
+def test_connected_heart_keeps_the_cavity_its_myocardium_surrounds():
+    """A second, false LV + MYO pair whose LV outgrows the true cavity: the per-class rule keeps the false LV,
+    the heart rule the true one (LV and RV touching the kept MYO); and when the false MYO also outgrows the
+    true one, the heart with the most touching voxels still wins."""
+    lab = np.zeros((4, 30, 40), np.uint8)  # (Z, X, Y)
+    lab[:, 4:12, 4:12] = 2
+    lab[:, 6:10, 6:10] = 1  # true LV: 4 x 16 = 64 voxels inside its MYO ring (4 x 48 = 192 voxels)
+    lab[:, 4:12, 12:24] = 3  # RV against the septum: 384 voxels; the true heart holds 640
+    lab[1:4, 18:28, 26:38] = 1  # false LV: 3 x 120 = 360 voxels, not touching the true MYO ...
+    lab[0, 18:28, 26:38] = 2  # ... under a false MYO cap of 120 voxels: the false heart holds 480
+    ref = lab.copy()
+    ref[:, 18:28, 26:38] = 0
+    np.testing.assert_array_equal(keep_connected_heart(lab), ref)
+    assert (keep_largest_component(lab)[:, 6:10, 6:10] == 1).sum() == 0  # the per-class rule loses the true LV
+    big_false = lab.copy()
+    big_false[0:2, 18:28, 22:26] = 2  # the false MYO grows to 200 voxels (> 192), its heart to 560 (< 640)
+    assert (keep_largest_component(big_false)[:, 4:12, 4:12] == 2).sum() == 0  # per class: the false MYO
+    np.testing.assert_array_equal(keep_connected_heart(big_false), ref)
+    lv_only = np.zeros((3, 10, 10), np.uint8)
+    lv_only[:, 1:4, 1:4], lv_only[1, 7:9, 7:9] = 1, 1  # no MYO (an lv task): the largest component
+    np.testing.assert_array_equal(keep_connected_heart(lv_only), keep_largest_component(lv_only))
 
 
 def test_segmenter_largest_component_option(seg):

@@ -8,7 +8,7 @@ the preprocessing of de Mooij et al. 2024 and its inverse:
     (whole S x S slice, fully convolutional) -> softmax of the full-resolution output
     [-> mean over mirror flips of both in-plane axes, nnU-Net's test-time augmentation]
     -> back to the native grid -> arg-max -> labels (X, Y, Z[, T]) uint8
-    [-> keep the largest 3D connected component per class].
+    [-> one 3D connected component per class, chosen to keep one heart: ``data.labels.keep_connected_heart``].
 
 Labels use the internal convention 0 background, 1 LV, 2 MYO, 3 RV.
 Files in, files out: ``cardiossp.predict.predict_files``. Finding and loading the checkpoint: ``cardiossp.checkpoints``.
@@ -32,7 +32,7 @@ from torch import nn
 
 from .checkpoints import cache_grid, load_model, read_run_config, record_grid, run_folder
 from .config import TrainConfig
-from .data.labels import NUM_CLASSES, keep_largest_component, task_num_classes
+from .data.labels import NUM_CLASSES, keep_connected_heart, task_num_classes
 from .data.preprocess import Geometry, _resize, _uncrop, image_to_slices, make_geometry, probs_to_native, zscore
 from .errors import ConfigError, DataError
 
@@ -178,7 +178,7 @@ class Segmenter:
 
     def _post(self, labels: np.ndarray, largest_component: bool | None) -> np.ndarray:
         lc = self.largest_component if largest_component is None else largest_component
-        return keep_largest_component(labels) if lc else labels
+        return keep_connected_heart(labels) if lc else labels
 
     def predict_probs(self, image: np.ndarray, spacing, affine=None, tta: bool | None = None) -> np.ndarray:
         """(X, Y, Z) or (X, Y, Z, T) image -> (T, C, X, Y, Z) float32 probabilities on the native grid."""

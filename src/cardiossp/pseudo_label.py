@@ -4,9 +4,10 @@ Self-training (Yang et al., ST++, CVPR 2022; Xie et al., Noisy Student, CVPR 202
 few labeled subjects (any of ours: supervised, UniMatch, BCP, ...) labels every cached frame of the
 unlabeled subjects once; a student then trains on the true labels plus these (``--semi self-training``,
 ``semi.self_training``). Each frame goes through the teacher as at test time, on the cache's grid (no
-resampling): the whole slice, the mean softmax over the 4 in-plane mirrorings (``tta``) and the largest
-3D connected component per class (``largest_component``), which is what lifted BCP's 5-subject test Dice
-from 0.753 to 0.801 (docs/RESULTS.md). Subjects: the split's training and unlabeled subjects, never
+resampling): the whole slice, the mean softmax over the 4 in-plane mirrorings (``tta``) and one 3D
+connected component per class (``largest_component``; ``data.labels.keep_connected_heart`` since stop
+20, recorded as ``clean_up``), which is what lifted BCP's 5-subject test Dice from 0.753 to 0.801
+(docs/RESULTS.md). Subjects: the split's training and unlabeled subjects, never
 val or test; the cache's label arrays are never opened. Output: ``data.pseudo`` (resumable).
 """
 
@@ -19,11 +20,13 @@ import torch
 
 from .checksum import sha256_file
 from .data.budgets import pretraining_subjects
-from .data.labels import keep_largest_component
+from .data.labels import keep_connected_heart
 from .data.pseudo import FORMAT, RECORD, read_record, write_subject
 from .data.slices import SliceCache
 from .data.splits import load_split
 from .errors import DataError
+
+CLEAN_UP = "connected-heart"  # what largest_component does (data.labels.keep_connected_heart)
 
 
 def pseudo_label(model: str | Path, cache: str | Path, split: str | Path, out: str | Path, tta: bool = True,
@@ -42,11 +45,13 @@ def pseudo_label(model: str | Path, cache: str | Path, split: str | Path, out: s
     ckpt = Path(seg.checkpoint)
     record = {"format": FORMAT, "teacher": str(ckpt.resolve()), "teacher_sha256": sha256_file(ckpt),
               "cache": str(sc.path.resolve()), "spacing": float(sc.spacing), "size": int(sc.size), "tta": bool(tta),
-              "largest_component": bool(largest_component), "ema_teacher": bool(ema_teacher), "subjects": {}}
+              "largest_component": bool(largest_component), "clean_up": CLEAN_UP if largest_component else None,
+              "ema_teacher": bool(ema_teacher), "subjects": {}}
     if (out / RECORD).is_file():
         old = read_record(out)
         settings = [k for k in record if k != "subjects"]
-        old = {"ema_teacher": False, **old}  # stores written before the option hold no such key
+        # stores written before these keys: the student labelled, per-class largest components
+        old = {"ema_teacher": False, "clean_up": "largest-per-class" if old.get("largest_component") else None, **old}
         if any(old.get(k) != record[k] for k in settings):
             raise DataError(out / RECORD, "holds pseudo-labels of another teacher, cache or setting; "
                                           "choose another --out or delete it")
@@ -74,6 +79,6 @@ def label_subject(seg, sc: SliceCache, subject: str, largest_component: bool) ->
         probs = seg.forward_slices(np.asarray(image[t], dtype=np.float32))  # (Z, C, S, S)
         conf, lab = probs.max(1)
         lab = lab.to(torch.uint8).numpy()
-        labels[t] = keep_largest_component(lab) if largest_component else lab
+        labels[t] = keep_connected_heart(lab) if largest_component else lab
         confidence.append(float(conf.mean()))
     return labels, confidence

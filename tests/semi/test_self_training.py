@@ -14,7 +14,7 @@ import torch
 from cardiossp.config import TrainConfig, load_config
 from cardiossp.data.budgets import training_subjects
 from cardiossp.data.datasets import PseudoLabeledSlices
-from cardiossp.data.labels import keep_largest_component
+from cardiossp.data.labels import keep_connected_heart
 from cardiossp.data.pseudo import PseudoLabels
 from cardiossp.data.slices import SliceCache
 from cardiossp.data.splits import load_split
@@ -63,7 +63,7 @@ def test_clean_up_and_resume(tmp_path, phantom_cache, teacher):
     for k in record["subjects"]:  # the clean-up is the 3D clean-up of the raw (TTA) labels, frame by frame
         cleaned, plain = np.load(out / f"{k}.npy"), np.load(raw / f"{k}.npy")
         for t in range(cleaned.shape[0]):
-            assert np.array_equal(cleaned[t], keep_largest_component(plain[t]))
+            assert np.array_equal(cleaned[t], keep_connected_heart(plain[t]))
         changed += int((cleaned != plain).sum())
     assert changed > 0  # the untrained teacher's labels have stray components: the clean-up removed some
     s = sorted(record["subjects"])[0]

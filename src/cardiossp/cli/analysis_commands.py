@@ -18,7 +18,7 @@ def analyse(
     phases: Optional[Path] = typer.Option(None, help="CSV name,ED,ES (0-based frames); default: ED = largest, "
                                                      "ES = smallest LV volume"),
     tta: bool = typer.Option(False, help="mirror test-time augmentation"),
-    largest_component: bool = typer.Option(True, help="keep the largest connected component per class"),
+    largest_component: bool = typer.Option(True, help="keep one connected heart (per class one component)"),
     device: str = typer.Option("auto", help="auto (CUDA when there is one), cpu or cuda[:N]"),
     series: Optional[str] = typer.Option(None, help="SeriesInstanceUID to read when a DICOM folder holds several"),
 ) -> None:

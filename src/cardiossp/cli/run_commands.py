@@ -106,7 +106,7 @@ def evaluate(
     split: Optional[Path] = typer.Option(None, help="split file (default: the run's)"),
     subset: str = typer.Option("test", help="test | val | train"),
     tta: bool = typer.Option(False, help="mirror test-time augmentation"),
-    largest_component: bool = typer.Option(False, help="keep the largest connected component per class"),
+    largest_component: bool = typer.Option(False, help="keep one connected heart (per class one component)"),
     ema_teacher: bool = typer.Option(False, "--ema-teacher",
                                      help="use a mean-teacher / bcp run's EMA teacher instead of its student"),
     device: str = typer.Option("auto", help="auto (CUDA when there is one), cpu or cuda[:N]"),
@@ -137,7 +137,7 @@ def pseudo_label(
     split: Path = typer.Option(..., help="split file: its training and unlabeled subjects are labeled"),
     out: Path = typer.Option(..., help="folder for the pseudo-labels (resumes if it exists)"),
     tta: bool = typer.Option(True, help="mirror test-time augmentation"),
-    largest_component: bool = typer.Option(True, help="keep the largest 3D connected component per class"),
+    largest_component: bool = typer.Option(True, help="keep one connected 3D heart (per class one component)"),
     ema_teacher: bool = typer.Option(False, "--ema-teacher",
                                      help="use a mean-teacher / bcp run's EMA teacher instead of its student"),
     device: str = typer.Option("auto", help="auto (CUDA when there is one), cpu or cuda[:N]"),
@@ -159,7 +159,7 @@ def predict(
     model: Path = typer.Option(..., help="training run folder or checkpoint"),
     out: Path = typer.Option(..., help="output folder for <name>_seg.nii.gz (.nrrd / .mha for those inputs)"),
     tta: bool = typer.Option(False, help="mirror test-time augmentation"),
-    largest_component: bool = typer.Option(False, help="keep the largest connected component per class"),
+    largest_component: bool = typer.Option(False, help="keep one connected heart (per class one component)"),
     device: str = typer.Option("auto", help="auto (CUDA when there is one), cpu or cuda[:N]"),
     labels: str = typer.Option("internal", help="label values written: internal (1 LV, 2 MYO, 3 RV), acdc "
                                "(1 RV, 2 MYO, 3 LV), mnms, mnms2, or a YAML file of internal -> output, "

@@ -212,7 +212,8 @@ def evaluate_run(
         "run": str(run), "checkpoint": str(getattr(segmenter, "checkpoint", None) or ""),
         "cache": str(cache_path), "split": str(split_path), "subset": str(subset), "tta": bool(tta),
         "ema_teacher": bool(ema_teacher),
-        "largest_component": bool(largest_component), "n_subjects": len(labeled), "n_cases": len(per_subject),
+        "largest_component": bool(largest_component), "clean_up": "connected-heart" if largest_component else None,
+        "n_subjects": len(labeled), "n_cases": len(per_subject),
         "skipped_unlabeled": [s for s in ids if s not in labeled],
         **summarise(per_subject, clinical), "seconds": round(time.time() - t0, 2),
     }
