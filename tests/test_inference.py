@@ -194,6 +194,12 @@ def test_connected_heart_keeps_the_cavity_its_myocardium_surrounds():
     big_false[0:2, 18:28, 22:26] = 2  # the false MYO grows to 200 voxels (> 192), its heart to 560 (< 640)
     assert (keep_largest_component(big_false)[:, 4:12, 4:12] == 2).sum() == 0  # per class: the false MYO
     np.testing.assert_array_equal(keep_connected_heart(big_false), ref)
+    small_myo = ref.copy()  # the true heart (640 voxels) and a false one around a small MYO:
+    small_myo[0, 14:18, 26:38] = 2  # false MYO, 48 voxels (< half of 192) ...
+    small_myo[1:4, 14:30, 26:40] = 1  # ... on a false LV of 672 ...
+    small_myo[0, 22:30, 16:40] = 3  # ... (720 touching voxels) and a false RV of 192 away from the MYO
+    assert keep_connected_heart(small_myo, min_share=0.0)[:, 6:10, 6:10].max() == 0  # without the share it wins
+    np.testing.assert_array_equal(keep_connected_heart(small_myo), ref)
     lv_only = np.zeros((3, 10, 10), np.uint8)
     lv_only[:, 1:4, 1:4], lv_only[1, 7:9, 7:9] = 1, 1  # no MYO (an lv task): the largest component
     np.testing.assert_array_equal(keep_connected_heart(lv_only), keep_largest_component(lv_only))

@@ -205,12 +205,15 @@ def keep_largest_component(labels, classes=(1, 2, 3)):
     return out
 
 
-def keep_connected_heart(labels: np.ndarray, candidates: int = 3) -> np.ndarray:
+def keep_connected_heart(labels: np.ndarray, candidates: int = 3, min_share: float = 0.5) -> np.ndarray:
     """The largest-component clean-up, made to keep one heart: a (Z, X, Y) or (X, Y, Z) internal label map
     -> the same with, per class, one face-connected component, chosen together. For each of the
-    ``candidates`` largest MYO components, LV and RV are each their component touching that MYO most (the
-    largest one if none touches it); the candidate whose MYO plus *touching* LV and RV hold the most voxels
-    wins. Without MYO (an ``lv`` task), ``keep_largest_component``.
+    ``candidates`` largest MYO components holding at least ``min_share`` of the largest one's voxels, LV
+    and RV are each their component touching that MYO most (the largest one if none touches it); the
+    candidate whose MYO plus *touching* LV and RV hold the most voxels wins. Without MYO (an ``lv`` task),
+    ``keep_largest_component``. ``min_share`` 0.5 was chosen on the pseudo-labels of two BCP teachers (140
+    pool frames each, docs/RESULTS.md): without it, a whole false heart with a small MYO and a large LV + RV
+    won once.
 
     Why (docs/RESULTS.md, stop 20): with 5 labeled subjects a network sometimes draws a second, false
     LV / MYO pair at the base or apex, and at end-systole the false LV can outgrow the true cavity; the
@@ -232,7 +235,8 @@ def keep_connected_heart(labels: np.ndarray, candidates: int = 3) -> np.ndarray:
         comp, n = ndimage.label(labels == c, structure=face)
         others[c] = (comp, n, ndimage.sum_labels(np.ones(labels.shape), comp, range(1, n + 1)) if n else [])
     best_score, best = -1.0, None
-    for m in np.argsort(-myo_size, kind="stable")[:candidates]:
+    order = np.argsort(-myo_size, kind="stable")[:candidates]
+    for m in [m for m in order if myo_size[m] >= min_share * myo_size.max()]:
         ring = myo == m + 1
         near = ndimage.binary_dilation(ring, structure=face)
         keep, score = {MYO: ring}, float(myo_size[m])
