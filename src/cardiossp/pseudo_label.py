@@ -50,7 +50,7 @@ def pseudo_label(model: str | Path, cache: str | Path, split: str | Path, out: s
     if (out / RECORD).is_file():
         old = read_record(out)
         settings = [k for k in record if k != "subjects"]
-        # stores written before these keys: the student labelled, per-class largest components
+        # stores written before these keys: labelled by the student, cleaned up per class
         old = {"ema_teacher": False, "clean_up": "largest-per-class" if old.get("largest_component") else None, **old}
         if any(old.get(k) != record[k] for k in settings):
             raise DataError(out / RECORD, "holds pseudo-labels of another teacher, cache or setting; "
