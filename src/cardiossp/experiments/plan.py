@@ -71,7 +71,7 @@ class RunSpec:
     teacher: str | None = None  # self-training: the run whose pseudo-labels the student learns from
     studies: list[str] = field(default_factory=list)
     tta: bool = False  # test evaluation with mirror TTA (plan ``evaluate``)
-    largest_component: bool = False  # ... and the largest connected component per class
+    largest_component: bool = False  # ... and one connected heart (data.labels.keep_connected_heart)
 
     @property
     def eval_folder(self) -> str:
