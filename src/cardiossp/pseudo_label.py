@@ -20,13 +20,11 @@ import torch
 
 from .checksum import sha256_file
 from .data.budgets import pretraining_subjects
-from .data.labels import keep_connected_heart
+from .data.labels import CONNECTED_HEART, keep_connected_heart
 from .data.pseudo import FORMAT, RECORD, read_record, write_subject
 from .data.slices import SliceCache
 from .data.splits import load_split
 from .errors import DataError
-
-CLEAN_UP = "connected-heart"  # what largest_component does (data.labels.keep_connected_heart)
 
 
 def pseudo_label(model: str | Path, cache: str | Path, split: str | Path, out: str | Path, tta: bool = True,
@@ -45,7 +43,7 @@ def pseudo_label(model: str | Path, cache: str | Path, split: str | Path, out: s
     ckpt = Path(seg.checkpoint)
     record = {"format": FORMAT, "teacher": str(ckpt.resolve()), "teacher_sha256": sha256_file(ckpt),
               "cache": str(sc.path.resolve()), "spacing": float(sc.spacing), "size": int(sc.size), "tta": bool(tta),
-              "largest_component": bool(largest_component), "clean_up": CLEAN_UP if largest_component else None,
+              "largest_component": bool(largest_component), "clean_up": CONNECTED_HEART if largest_component else None,
               "ema_teacher": bool(ema_teacher), "subjects": {}}
     if (out / RECORD).is_file():
         old = read_record(out)

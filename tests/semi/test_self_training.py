@@ -126,6 +126,7 @@ def test_student_trains_on_pseudo_labels_without_reading_pool_labels(tmp_path, p
     done = json.loads((run / "done.json").read_text())
     assert done["semi"] == "self-training" and done["unlabeled_subjects"] == len(pool)
     assert done["pseudo_labels"]["tta"] is True and done["pseudo_labels"]["teacher_sha256"]
+    assert done["pseudo_labels"]["clean_up"] == "connected-heart"
     m = pd.read_csv(run / "logs" / "metrics.csv")
     assert (m.dropna(subset=["train_unsup"])["train_unsup"] > 0).all()
 

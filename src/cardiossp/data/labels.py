@@ -205,6 +205,9 @@ def keep_largest_component(labels, classes=(1, 2, 3)):
     return out
 
 
+CONNECTED_HEART = "connected-heart"  # the clean-up's name in summaries and pseudo-label records
+
+
 def keep_connected_heart(labels: np.ndarray, candidates: int = 3, min_share: float = 0.5) -> np.ndarray:
     """The largest-component clean-up, made to keep one heart: a (Z, X, Y) or (X, Y, Z) internal label map
     -> the same with, per class, one face-connected component, chosen together. For each of the
@@ -228,12 +231,11 @@ def keep_connected_heart(labels: np.ndarray, candidates: int = 3, min_share: flo
     myo, n_myo = ndimage.label(labels == MYO, structure=face)
     if n_myo == 0:
         return keep_largest_component(labels)
-    index = range(1, n_myo + 1)
-    myo_size = ndimage.sum_labels(np.ones(labels.shape), myo, index)
+    myo_size = np.bincount(myo.ravel())[1:]
     others = {}
     for c in (LV, RV):
         comp, n = ndimage.label(labels == c, structure=face)
-        others[c] = (comp, n, ndimage.sum_labels(np.ones(labels.shape), comp, range(1, n + 1)) if n else [])
+        others[c] = (comp, n, np.bincount(comp.ravel())[1:])
     best_score, best = -1.0, None
     order = np.argsort(-myo_size, kind="stable")[:candidates]
     for m in [m for m in order if myo_size[m] >= min_share * myo_size.max()]:
@@ -243,7 +245,7 @@ def keep_connected_heart(labels: np.ndarray, candidates: int = 3, min_share: flo
         for c, (comp, n, sizes) in others.items():
             if n == 0:
                 continue
-            touch = ndimage.sum_labels(near, comp, range(1, n + 1))
+            touch = np.bincount(comp[near], minlength=n + 1)[1:]
             i = max(range(n), key=lambda j: (touch[j], sizes[j]))
             keep[c] = comp == i + 1
             score += float(sizes[i]) if touch[i] > 0 else 0.0

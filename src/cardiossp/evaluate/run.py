@@ -26,7 +26,7 @@ import pandas as pd
 
 from ..atomic import write_csv, write_json
 from ..checkpoints import read_run_config
-from ..data.labels import DATASET_LABEL_MAPS, task_classes, task_to_internal, to_task
+from ..data.labels import CONNECTED_HEART, DATASET_LABEL_MAPS, task_classes, task_to_internal, to_task
 from ..data.slices import SliceCache
 from ..data.splits import load_split
 from ..errors import ConfigError
@@ -212,7 +212,7 @@ def evaluate_run(
         "run": str(run), "checkpoint": str(getattr(segmenter, "checkpoint", None) or ""),
         "cache": str(cache_path), "split": str(split_path), "subset": str(subset), "tta": bool(tta),
         "ema_teacher": bool(ema_teacher),
-        "largest_component": bool(largest_component), "clean_up": "connected-heart" if largest_component else None,
+        "largest_component": bool(largest_component), "clean_up": CONNECTED_HEART if largest_component else None,
         "n_subjects": len(labeled), "n_cases": len(per_subject),
         "skipped_unlabeled": [s for s in ids if s not in labeled],
         **summarise(per_subject, clinical), "seconds": round(time.time() - t0, 2),

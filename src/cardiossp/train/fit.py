@@ -94,6 +94,7 @@ def train_segmentation(
             if semi.uses_pseudo_labels:
                 facts["pseudo_labels"] = {k: pseudo.record[k] for k in ("teacher", "teacher_sha256", "tta",
                                                                         "largest_component")}
+                facts["pseudo_labels"]["clean_up"] = pseudo.record.get("clean_up")  # None: a store older than the key
                 facts["pseudo_labels"]["frames"] = "all" if frames is None else len(frames)
         run.save_config(cache=str(Path(cache).resolve()), split=str(Path(split).resolve()), train_subjects=train_ids,
                         train_slices=len(train_ds), **facts)
