@@ -6,6 +6,8 @@
 A benchmark, not part of training: it opens the true labels of the unlabeled pool, which training never
 does. For each pool subject with pseudo-labels and each of its labeled frames: Dice of LV, MYO and RV
 (the cache grid, so not the test metric of the native grid); prints the means and the worst subjects.
+``--reliable F``: also the mean Dice of the frames self-training keeps with ``semi.options.reliable=F`` (the
+teacher's most confident fraction F of the pool's frames) and of those it drops.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def main() -> None:
     ap.add_argument("--cache", required=True)
     ap.add_argument("--split", required=True)
     ap.add_argument("--labeled-subjects", type=int, required=True)
+    ap.add_argument("--reliable", type=float, help="also split the Dice by this fraction of most confident frames")
     a = ap.parse_args()
     sc, sp = SliceCache(a.cache), load_split(a.split)
     store = PseudoLabels(a.pseudo, sc)
@@ -51,6 +54,12 @@ def main() -> None:
           + f", mean {per.mean():.3f}")
     worst = sorted(rows, key=lambda r: np.mean(r[2]))[:5]
     print("worst: " + "; ".join(f"{s} frame {t} {np.mean(d):.2f}" for s, t, d in worst))
+    if a.reliable is not None:
+        kept = store.most_confident_frames(pool, a.reliable)
+        for name, chosen in (("kept", True), ("dropped", False)):
+            d = [np.mean(r[2]) for r in rows if ((r[0], r[1]) in kept) == chosen]
+            print(f"reliable={a.reliable}: {name} {len(d)} labeled frames, mean Dice "
+                  + (f"{np.mean(d):.3f}, worst {np.min(d):.2f}" if d else "-"))
 
 
 if __name__ == "__main__":
