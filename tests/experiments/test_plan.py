@@ -6,6 +6,7 @@ import pytest
 
 from cardiossp.errors import ConfigError
 from cardiossp.experiments import expand, load_plan
+from cardiossp.experiments.plan import train_config
 
 
 def _counts(runs):
@@ -133,8 +134,14 @@ def test_semi_axis_and_study_lists():
     assert both.needs == "pretrain/mim-s0" and both.overrides()["semi.method"] == "unimatch"
     assert "semi.method" not in by_name["runs/mim-n5-s1"].overrides()
     assert {r.budget for r in runs if r.kind == "train"} == {3, 5, 10}
-    recipe = by_name["runs/bcp+self-training-n10-s2"]  # the recipe at 10: its teacher is a run of the plan too
-    assert recipe.teacher == "runs/bcp-n10-s2" and recipe.teacher in by_name
+    student = by_name["runs/bcp+self-training-n5-s2"]  # self-training: its teacher is a run of the plan too
+    assert student.teacher == "runs/bcp-n5-s2" and student.teacher in by_name
+    recipe = by_name["runs/long+bcp-n10-s2"]  # the recipe at 10: BCP with the plan's named `long` schedule
+    assert recipe.needs is None and recipe.overrides()["semi.method"] == "bcp"
+    plan = load_plan("acdc-few")
+    long_cfg, bcp_cfg = (train_config(plan, by_name[n].overrides()).schedule for n in
+                         ("runs/long+bcp-n5-s2", "runs/bcp-n5-s2"))
+    assert (long_cfg.epochs, bcp_cfg.epochs) == (120, 60) and long_cfg.iters_per_epoch == bcp_cfg.iters_per_epoch == 50
     assert "runs/unimatch-n3-s0" not in by_name and "runs/scratch-n3-s0" in by_name
     assert all(r.eval_folder == "test-tta-lcc" for r in runs if r.kind == "train")
     assert load_plan("acdc-few").budgets() == [3, 5, 10]

@@ -23,7 +23,8 @@ A plan (``cardiossp/presets/plans/<name>.yaml`` or any path)::
 their settings, not by their study: the augmentation study's ``paper`` arm *is* the label-budget
 run of the same budget and seed, trained once and counted in both studies (de Mooij et al. 2024 §3).
 Methods are ``scratch``, a registered SSP method (pretrained by the plan), or a name in ``inits``:
-a start given by config values instead of a pretraining run (e.g. ImageNet weights from a local file).
+a start given by config values instead of a pretraining run (e.g. ImageNet weights from a local file, or
+``long: {schedule.epochs: 120}``, scratch with a longer schedule: ``long+bcp`` is acdc-few's recipe).
 ``method:strategy`` fine-tunes with another strategy than ``all`` (``mim:frozen-encoder`` is the paper's
 SSL+Decoder, ``position:multitask`` Bai et al.'s SSL+MultiTask); its runs are ``<method>-<strategy>-n...``.
 A ``+semi`` suffix fine-tunes semi-supervised (``cardiossp.semi``): ``unimatch`` alone is scratch +
