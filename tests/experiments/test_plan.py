@@ -142,6 +142,8 @@ def test_semi_axis_and_study_lists():
     long_cfg, bcp_cfg = (train_config(plan, by_name[n].overrides()).schedule for n in
                          ("runs/long+bcp-n5-s2", "runs/bcp-n5-s2"))
     assert (long_cfg.epochs, bcp_cfg.epochs) == (120, 60) and long_cfg.iters_per_epoch == bcp_cfg.iters_per_epoch == 50
+    control = by_name["runs/long-n5-s0"]  # the recipe's schedule on the labeled slices only
+    assert "semi.method" not in control.overrides() and control.overrides()["schedule.epochs"] == 120
     assert "runs/unimatch-n3-s0" not in by_name and "runs/scratch-n3-s0" in by_name
     assert all(r.eval_folder == "test-tta-lcc" for r in runs if r.kind == "train")
     assert load_plan("acdc-few").budgets() == [3, 5, 10]
