@@ -5,9 +5,10 @@
     python benchmarks/campaign_summary.py bench/few --eval test-tta-lcc   # mirror TTA + largest component
 
 Columns: mean and per-class test 3D Dice (native grid), HD95 per class (mm), LVEF absolute error
-(percentage points), training wall time (``done.json`` seconds; minutes) and the final validation
-pseudo-Dice. Reads ``RUN/eval/<--eval>/summary.json`` and ``RUN/done.json``. A self-training run's minutes
-include its teacher's (``done.json`` ``pseudo_labels.teacher``), the pseudo-labelling excepted.
+(percentage points; mean / median over subjects: one near-empty ED LV drives the mean), training wall
+time (``done.json`` seconds; minutes) and the final validation pseudo-Dice. Reads
+``RUN/eval/<--eval>/summary.json`` and ``RUN/done.json``. A self-training run's minutes include its
+teacher's (``done.json`` ``pseudo_labels.teacher``), the pseudo-labelling excepted.
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ def row(run: Path, evaluation: str = "test") -> str | None:
     ov, clin = o["overall"], o.get("clinical", {})
     dice = [ov[f"dice_{c}"]["mean"] for c in ("LV", "MYO", "RV")]
     hd = [ov[f"hd95_{c}"]["mean"] for c in ("LV", "MYO", "RV")]
-    ef = clin.get("LV_EF", {}).get("mae", float("nan"))
+    ef = [clin.get("LV_EF", {}).get(k) for k in ("mae", "median_abs_error")]
     val = d.get("metrics", {}).get("val_dice", float("nan"))
     return (f"| {run.name} | {ov['dice_mean']['mean']:.3f} | " + " / ".join(f"{v:.3f}" for v in dice) + " | "
-            + " / ".join(f"{v:.1f}" for v in hd) + f" | {ef:.1f} | {train_seconds(d) / 60:.1f} | {val:.3f} |")
+            + " / ".join(f"{v:.1f}" for v in hd) + " | " + " / ".join("–" if v is None else f"{v:.1f}" for v in ef)
+            + f" | {train_seconds(d) / 60:.1f} | {val:.3f} |")
 
 
 def main() -> None:
@@ -49,7 +51,8 @@ def main() -> None:
     ap.add_argument("--eval", default="test", help="evaluation folder: test, test-tta-lcc, ...")
     ap.add_argument("--also", nargs="*", type=Path, default=[], help="run folders outside the campaign")
     args = ap.parse_args()
-    print("| run | mean Dice | LV / MYO / RV Dice | HD95 LV / MYO / RV (mm) | LVEF error (%) | train min | val |")
+    print("| run | mean Dice | LV / MYO / RV Dice | HD95 LV / MYO / RV (mm) | LVEF error mean / median "
+          "| train min | val |")
     print("|---|---|---|---|---|---|---|")
     runs = [r for r in sorted((args.campaign / "runs").iterdir()) if any(fnmatch.fnmatch(r.name, p) for p in args.runs)]
     for run in runs + list(args.also):

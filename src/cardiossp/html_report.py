@@ -96,7 +96,8 @@ def _eval_section(folder: Path) -> tuple[str, pd.DataFrame]:
     groups = [("all", per)] + [(p, g) for p, g in per.groupby("phase", sort=True)]
     seg = pd.DataFrame([{"cases": name, "n": len(g), **{c.replace("_", " "): f"{g[c].mean():.3f} ± {g[c].std():.3f}"
                                                       for c in metrics}} for name, g in groups])
-    clin = pd.DataFrame([{"index": k, "n": v["n"], "mean (GT)": v["gt_mean"], "MAE": v["mae"], "bias": v["bias"]}
+    clin = pd.DataFrame([{"index": k, "n": v["n"], "mean (GT)": v["gt_mean"], "MAE": v["mae"],
+                          "median abs error": v.get("median_abs_error"), "bias": v["bias"]}
                          for k, v in summary.get("clinical", {}).items()])
     per = per.assign(mean_dice=_mean_dice(per))
     worst = per.sort_values("mean_dice").head(5)[["subject", "phase", "mean_dice", *metrics]]

@@ -21,7 +21,7 @@ from cardiossp.data.splits import make_split, save_split
 from cardiossp.errors import CheckpointError, ConfigError
 from cardiossp.evaluate.metrics import dice_3d
 from cardiossp.evaluate.report import clinical_table, load_summary, segmentation_table
-from cardiossp.evaluate.run import evaluate_run
+from cardiossp.evaluate.run import evaluate_run, summarise
 from cardiossp.inference import Segmenter
 from cardiossp.train.segmentation import SegmentationModule
 
@@ -67,6 +67,7 @@ def test_evaluate_run_writes_consistent_tables(run):
     for v, g in per.groupby("vendor"):
         assert summary["per_vendor"][v]["dice_RV"]["mean"] == pytest.approx(g["dice_RV"].dropna().mean())
     assert summary["clinical"]["LV_EF"]["mae"] == pytest.approx(clin["LV_EF_abs_error"].mean())
+    assert summary["clinical"]["LV_EF"]["median_abs_error"] == pytest.approx(clin["LV_EF_abs_error"].median())
     assert "LV" in segmentation_table(load_summary(out)) and "LV_EF" in clinical_table(summary)
 
 
@@ -219,3 +220,15 @@ def test_uncontoured_slices_do_not_count_as_false_positives():
     assert dice_3d(masked[3], truth, LV) == 1.0
     assert masked[7] is pred  # a fully labeled frame is untouched
     assert pred[..., 0].any()  # the caller's prediction is not modified in place
+
+
+def test_one_degenerate_case_moves_the_lvef_mae_but_not_its_median():
+    # a predicted EDV near 0 gives an EF of hundreds of per cent: the median absolute error stays the typical error
+    per = pd.DataFrame({"subject": ["a", "b", "c"], "phase": ["ED"] * 3, "vendor": [None] * 3,
+                        "dice_LV": [0.9, 0.8, 0.1]})
+    clin = pd.DataFrame({"LV_EF_gt": [60.0, 50.0, 55.0], "LV_EF_pred": [62.0, 46.0, -845.0]})
+    clin["LV_EF_error"] = clin.LV_EF_pred - clin.LV_EF_gt
+    ef = summarise(per, clin)["clinical"]["LV_EF"]
+    assert ef["mae"] == pytest.approx((2 + 4 + 900) / 3) and ef["median_abs_error"] == pytest.approx(4.0)
+    assert ef["bias"] == pytest.approx((2 - 4 - 900) / 3) and ef["n"] == 3
+    assert "4.00" in clinical_table({"clinical": {"LV_EF": ef}})

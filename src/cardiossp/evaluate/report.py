@@ -43,11 +43,12 @@ def segmentation_table(summary: dict, metrics=("dice", "hd95"), by_vendor: bool 
 
 
 def clinical_table(summary: dict) -> str:
-    """Markdown table: index, n, mean ground truth, MAE, bias, std of the error."""
+    """Markdown table: index, n, mean ground truth, MAE, median absolute error, bias, std of the error."""
     rows = []
     for k, s in summary.get("clinical", {}).items():
-        rows.append([k, str(s["n"]), *(_number(s[f]) for f in ("gt_mean", "mae", "bias", "std_error"))])
-    return _table(["index", "n", "mean (GT)", "MAE", "bias", "std error"], rows)
+        rows.append([k, str(s["n"]), *(_number(s.get(f)) for f in ("gt_mean", "mae", "median_abs_error", "bias",
+                                                                  "std_error"))])
+    return _table(["index", "n", "mean (GT)", "MAE", "median abs error", "bias", "std error"], rows)
 
 
 def _number(v) -> str:

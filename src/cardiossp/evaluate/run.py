@@ -119,6 +119,13 @@ def _stats(values: pd.Series) -> dict:
             "n": int(len(v))}
 
 
+def _median(values: pd.Series) -> float | None:
+    """Median of the finite values (None if none): robust where one degenerate case (a predicted EDV near 0
+    gives an EF of hundreds of per cent) drives the mean."""
+    v = pd.to_numeric(values, errors="coerce").dropna().to_numpy(dtype=float)
+    return _num(np.median(v)) if len(v) else None
+
+
 def metric_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c.split("_")[0] in ("dice", "hd95", "assd", "mcd")]
 
@@ -141,7 +148,8 @@ def summarise(per_subject: pd.DataFrame, clinical: pd.DataFrame) -> dict:
         if f"{k}_error" not in clinical:
             continue
         err = pd.to_numeric(clinical[f"{k}_error"], errors="coerce")
-        out["clinical"][k] = {"mae": _stats(err.abs())["mean"], "bias": _stats(err)["mean"],
+        out["clinical"][k] = {"mae": _stats(err.abs())["mean"], "median_abs_error": _median(err.abs()),
+                              "bias": _stats(err)["mean"],
                               "std_error": _stats(err)["std"], "gt_mean": _stats(clinical[f"{k}_gt"])["mean"],
                               "pred_mean": _stats(clinical[f"{k}_pred"])["mean"], "n": _stats(err)["n"]}
     return out
