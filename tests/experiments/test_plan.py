@@ -153,6 +153,34 @@ def test_semi_axis_and_study_lists():
         split_semi("mim+fixmatch")
 
 
+def test_pretraining_run_with_named_settings(tmp_path):
+    """``mim+long+bcp``: BCP with the named ``long`` settings, started from the MIM run: the same overrides
+    as ``long+bcp`` but for the start; the fine-tuning lr of ``long`` is the one a run from MIM uses."""
+    from cardiossp.train.fit import start_lr
+
+    plan = load_plan("acdc-few")
+    runs = {r.name: r for r in expand(plan)}
+    both, recipe = runs["runs/mim+long+bcp-n5-s1"], runs["runs/long+bcp-n5-s1"]
+    assert both.needs == "pretrain/mim-s0" and recipe.needs is None
+    assert both.overrides() == recipe.overrides() and both.overrides()["semi.method"] == "bcp"
+    cfg = train_config(plan, both.overrides())
+    cfg.finetune.init = "bench/few/pretrain/mim-s0"
+    assert cfg.schedule.epochs == 120 and start_lr(cfg) == 0.01 == train_config(plan, {}).optim.lr
+    assert both.eval_folder == "test-tta-lcc" and "convergence" in runs["runs/mim+long+bcp-n5-s0"].studies
+
+    bad = tmp_path / "p.yaml"
+    head = ("data: [{reader: phantom, path: builtin}]\ntrain: {preset: tiny}\n"
+            "inits: {long: {schedule.epochs: 9}, wide: {model.width: 2.0}}\nstudies:\n  label_budget: ")
+    for method, message in [("long+wide+bcp", "at most one pretraining run"), ("mim+position+bcp", "at most one"),
+                            ("long:frozen-encoder+bcp", "no pretraining run to fine-tune")]:
+        bad.write_text(head + f"{{methods: ['{method}'], budgets: [2]}}\n")
+        with pytest.raises(ConfigError, match=message):
+            expand(load_plan(bad))
+    bad.write_text(head + "{methods: ['mim:frozen-encoder+long+mean-teacher'], budgets: [2]}\n")
+    (run,) = [r for r in expand(load_plan(bad)) if r.kind == "train"]
+    assert (run.needs, run.strategy, run.overrides()["schedule.epochs"]) == ("pretrain/mim-s0", "frozen-encoder", 9)
+
+
 def test_self_training_arm_trains_its_teacher_first(tmp_path):
     """``bcp+self-training``: the teacher ``runs/bcp-n5-s0`` is its own run, listed before the student,
     which learns from ``pseudo/bcp-n5-s0`` and starts where the teacher started (MIM for mim+bcp)."""

@@ -215,20 +215,28 @@ def split_semi(method: str) -> tuple[str, str | None]:
 
 def _arm(plan: Plan, name: str, method: str, seed: int, budget, phases, augment, subset, pre_seeds: list[int],
          evaluation: dict) -> RunSpec:
-    """The run of an arm that is not self-training: its start (scratch, pretraining run, named init),
-    fine-tuning strategy and semi-supervised method."""
+    """The run of an arm that is not self-training: its start, fine-tuning strategy and semi-supervised
+    method. The start is scratch, a pretraining run (``mim``, ``mim:frozen-encoder``), named settings of
+    the plan's ``inits`` (``long``), or a pretraining run with named settings (``mim+long``)."""
     start, semi = split_semi(method)
     if semi == SELF_TRAINING:
         raise ConfigError(f"plan {plan.name!r}: {method!r} names no teacher; write <arm>+{SELF_TRAINING}, "
                           f"e.g. bcp+{SELF_TRAINING}")
-    start, _, strategy = start.partition(":")
+    parts = start.split("+")
+    named = [p for p in parts if p in plan.inits]
+    runs = [p for p in parts if p not in plan.inits]
+    if len(named) > 1 or len(runs) > 1:
+        raise ConfigError(f"plan {plan.name!r}: {method!r} starts from at most one pretraining run and one "
+                          f"set of named settings ({', '.join(plan.inits) or 'the plan has none'})")
+    pretrained, _, strategy = (runs[0] if runs else SCRATCH).partition(":")
     needs = None
-    if start != SCRATCH and start not in plan.inits:
-        needs = f"pretrain/{start}-s{seed if seed in pre_seeds else pre_seeds[0]}"
+    if pretrained not in (SCRATCH, *plan.inits):
+        needs = f"pretrain/{pretrained}-s{seed if seed in pre_seeds else pre_seeds[0]}"
     elif strategy:
         raise ConfigError(f"plan {plan.name!r}: {method!r} has no pretraining run to fine-tune with {strategy!r}")
-    return RunSpec("train", name, method, seed, budget, tuple(phases), augment, subset, needs,
-                   init_set=dict(plan.inits.get(start) or {}), strategy=strategy or None, semi=semi, **evaluation)
+    init_set = dict(plan.inits[named[0]] or {}) if named else {}
+    return RunSpec("train", name, method, seed, budget, tuple(phases), augment, subset, needs, init_set=init_set,
+                   strategy=strategy or None, semi=semi, **evaluation)
 
 
 def expand(plan: Plan, studies: list[str] | None = None) -> list[RunSpec]:

@@ -67,8 +67,7 @@ def train_segmentation(
                      loggers=loggers, callbacks=_finetune_callbacks(cfg) + list(callbacks or []),
                      find_unused_parameters=bool(semi and semi.find_unused_parameters)) as run:
         sampler, batch, per_epoch = run.sampling(len(train_ds))
-        lr = cfg.finetune.lr if cfg.finetune.init else cfg.optim.lr
-        module = SegmentationModule(cfg, total_steps=per_epoch * run.epochs, lr=lr)
+        module = SegmentationModule(cfg, total_steps=per_epoch * run.epochs, lr=start_lr(cfg))
         module.describe(model_record(cfg, sc.spacing, sc.size))  # in every checkpoint: the model works anywhere
         if cfg.finetune.init and not resume:
             from .transfer import apply_finetune_init
@@ -106,6 +105,11 @@ def train_segmentation(
             metrics = {k: float(v) for k, v in run.trainer.callback_metrics.items() if v.numel() == 1}
             run.write_done(train_subjects=len(train_ids), metrics=metrics, **facts)
     return run.out
+
+
+def start_lr(cfg: TrainConfig) -> float:
+    """The peak lr of a run: ``finetune.lr`` when it starts from pretraining, ``optim.lr`` from scratch."""
+    return cfg.finetune.lr if cfg.finetune.init else cfg.optim.lr
 
 
 def unlabeled_pool(split: dict, labeled: list[str], subset: str | None = None) -> list[str]:
