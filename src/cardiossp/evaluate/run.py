@@ -113,8 +113,12 @@ def _num(x) -> float | None:
     return None if math.isnan(x) or math.isinf(x) else x
 
 
+def _finite(values: pd.Series) -> np.ndarray:
+    return pd.to_numeric(values, errors="coerce").dropna().to_numpy(dtype=float)
+
+
 def _stats(values: pd.Series) -> dict:
-    v = pd.to_numeric(values, errors="coerce").dropna().to_numpy(dtype=float)
+    v = _finite(values)
     return {"mean": _num(v.mean()) if len(v) else None, "std": _num(v.std(ddof=1)) if len(v) > 1 else None,
             "n": int(len(v))}
 
@@ -122,7 +126,7 @@ def _stats(values: pd.Series) -> dict:
 def _median(values: pd.Series) -> float | None:
     """Median of the finite values (None if none): robust where one degenerate case (a predicted EDV near 0
     gives an EF of hundreds of per cent) drives the mean."""
-    v = pd.to_numeric(values, errors="coerce").dropna().to_numpy(dtype=float)
+    v = _finite(values)
     return _num(np.median(v)) if len(v) else None
 
 
