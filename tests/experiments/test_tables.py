@@ -25,13 +25,13 @@ def _const(x):
 def test_label_budget_cells_are_mean_and_sample_std_over_seeds():
     rows = (_rows("scratch-n5-s0", "scratch", 5, 0, _const(0.6)) + _rows("scratch-n5-s1", "scratch", 5, 1, _const(0.8))
             + _rows("mim-n5-s0", "mim", 5, 0, {("A", "ED"): 0.9, ("A", "ES"): 0.7, ("C", "ED"): 0.8, ("C", "ES"): 0.6})
-            + _rows("mim-n10-s0", "mim", 10, 0, _const(0.85)))
+            + _rows("mim-n10-s0", "mim", 10, 0, _const(0.85)) + _rows("mim-n3-s0", "mim", 3, 0, _const(0.5)))
     t = label_budget_table(pd.DataFrame(rows))
     # scratch n5: runs score 0.6 and 0.8 -> mean 0.7, sample std sqrt(((0.1)^2 * 2) / 1) = 0.1414
     assert t.loc["5", "scratch"] == "0.700 ± 0.141"
     assert t.loc["5", "mim"] == "0.750"  # one seed: the mean of its 4 cases (0.9 + 0.7 + 0.8 + 0.6) / 4
     assert t.loc["10", "mim"] == "0.850" and pd.isna(t.loc["10", "scratch"])
-    assert list(t.index) == ["10", "5"]  # largest budget first
+    assert list(t.index) == ["10", "5", "3"]  # largest budget first, by number (not "10" < "3" < "5")
     assert mean_std([0.5, 0.7, 0.9]) == "0.700 ± 0.200"
 
 

@@ -50,7 +50,8 @@ def label_budget_table(results: pd.DataFrame, cls: str = "mean") -> pd.DataFrame
     per_run["labeled subjects"] = [f"{lbl} ({b})" if lbl == "all" else str(b)
                                    for lbl, b in zip(per_run["budget_label"], per_run["budget"])]
     per_run = per_run.sort_values("budget", ascending=False, kind="stable")
-    return _pivot(per_run, ["labeled subjects"], "method")
+    # pivot sorts its rows as strings ("10" < "3" < "5"): put them back in budget order
+    return _pivot(per_run, ["labeled subjects"], "method").reindex(list(dict.fromkeys(per_run["labeled subjects"])))
 
 
 def phase_table(results: pd.DataFrame) -> pd.DataFrame:
