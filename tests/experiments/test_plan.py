@@ -181,6 +181,23 @@ def test_pretraining_run_with_named_settings(tmp_path):
     assert (run.needs, run.strategy, run.overrides()["schedule.epochs"]) == ("pretrain/mim-s0", "frozen-encoder", 9)
 
 
+def test_the_recipe_preset_is_the_plans_recipe_arm():
+    """``--preset few-bcp`` trains what the plan's ``long+bcp`` arm trains (the two files are kept in step), and
+    from a pretraining run what ``mim+long+bcp`` trains; ``few`` itself stays the 3000-iteration preset."""
+    from cardiossp.config import TrainConfig, load_config
+    from cardiossp.train.fit import start_lr
+
+    plan = load_plan("acdc-few")
+    recipe = {r.name: r for r in expand(plan)}["runs/long+bcp-n5-s1"].overrides()
+    arm = train_config(plan, recipe)
+    per_run = {k: v for k, v in recipe.items() if k in ("seed", "labeled_subjects", "subset", "data.phases")}
+    preset = load_config(TrainConfig, "train", "few-bcp", per_run)
+    assert preset == arm and preset.semi.method == "bcp" and preset.schedule.epochs == 120
+    assert load_config(TrainConfig, "train", "few").schedule.epochs == 60 != preset.schedule.epochs
+    preset.finetune.init = arm.finetune.init = "pretrain/mim-s0"
+    assert start_lr(preset) == start_lr(arm) == 0.01
+
+
 def test_self_training_arm_trains_its_teacher_first(tmp_path):
     """``bcp+self-training``: the teacher ``runs/bcp-n5-s0`` is its own run, listed before the student,
     which learns from ``pseudo/bcp-n5-s0`` and starts where the teacher started (MIM for mim+bcp)."""

@@ -20,7 +20,8 @@ def train(
     cache: Path = typer.Option(..., help="cache folder (cardiossp prepare)"),
     split: Path = typer.Option(..., help="split file (cardiossp split)"),
     out: Path = typer.Option(..., help="run folder to create"),
-    preset: str = typer.Option("cpu", help="paper | cpu | few | tiny, or a YAML file"),
+    preset: str = typer.Option("cpu", help="paper | cpu | few | few-bcp (the few-label recipe: BCP, 6000 "
+                               "iterations) | echo-lv | tiny, or a YAML file"),
     labeled_subjects: Optional[int] = typer.Option(None, help="label budget: N training subjects (a split budget)"),
     subset: Optional[str] = typer.Option(None, help="named subset of the split, e.g. vendor_AB"),
     phases: Optional[str] = typer.Option(None, help="labeled phases to train on: ED, ES or ED,ES"),
