@@ -140,6 +140,28 @@ def test_semi_resume_gives_the_uninterrupted_weights(tmp_path, phantom_cache, on
             torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=f"{method}: {k}")
 
 
+@pytest.mark.parametrize("stop_epochs", [1, 2])
+def test_bcp_resume_before_and_after_its_teacher_starts(tmp_path, phantom_cache, one_thread, stop_epochs):
+    """BCP copies its EMA teacher from the student when the warm start ends (step 2 of 6 here): a run
+    interrupted before that (1 epoch) or after it (2 epochs) resumes to the uninterrupted student and
+    teacher, and the teacher is not copied a second time on resume."""
+    cache, split = phantom_cache
+    cfg = semi_cfg("bcp", **{"schedule.epochs": 3, "semi.options": {"warmup_fraction": 0.3}})
+    full = train_segmentation(cfg, cache, split, tmp_path / "full", progress=False)
+    part = train_segmentation(cfg, cache, split, tmp_path / "part", progress=False,
+                              callbacks=[StopAfter(stop_epochs)])
+    assert not (part / "done.json").exists()
+    started = torch.load(part / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    flag = [k for k in started if k.endswith("teacher_started")]
+    assert len(flag) == 1 and bool(started[flag[0]]) == (stop_epochs == 2)
+    train_segmentation(cfg, cache, split, part, progress=False, resume=True)
+    a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(part / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and any(".teacher." in k for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
 def test_lightning_is_quiet_about_ema_teachers_but_not_about_other_eval_modules(tmp_path, phantom_cache, one_thread):
     """The EMA teacher stays in eval mode by design: no "modules in eval mode" warning for it; any other
     submodule left in eval mode still counts."""
