@@ -181,6 +181,26 @@ def test_pretraining_run_with_named_settings(tmp_path):
     assert (run.needs, run.strategy, run.overrides()["schedule.epochs"]) == ("pretrain/mim-s0", "frozen-encoder", 9)
 
 
+def test_the_recipes_ablations_differ_from_it_in_one_setting_each():
+    """``long-bn+bcp``, ``long-lr2x+bcp``, ``long-lrhalf+bcp``: the recipe (``long+bcp``) with BatchNorm, or the
+    lr doubled / halved (the start lr of a run from scratch and from pretraining alike), seed 0 at 5 only."""
+    from cardiossp.train.fit import start_lr
+
+    plan = load_plan("acdc-few")
+    runs = {r.name: r for r in expand(plan)}
+    recipe = train_config(plan, runs["runs/long+bcp-n5-s0"].overrides())
+    bn, double, half = (train_config(plan, runs[f"runs/{m}+bcp-n5-s0"].overrides())
+                        for m in ("long-bn", "long-lr2x", "long-lrhalf"))
+    assert (recipe.model.norm, bn.model.norm) == ("instance", "batch")
+    bn.model.norm = recipe.model.norm
+    assert bn == recipe
+    for cfg, lr in ((double, 0.02), (half, 0.005)):
+        assert cfg.optim.lr == lr and cfg.semi.method == "bcp" and cfg.schedule.epochs == 120
+        cfg.finetune.init = "pretrain/mim-s0"
+        assert start_lr(cfg) == lr
+    assert not any(n.startswith("runs/long-bn+bcp") and not n.endswith("-n5-s0") for n in runs)
+
+
 def test_the_recipe_preset_is_the_plans_recipe_arm():
     """``--preset few-bcp`` trains what the plan's ``long+bcp`` arm trains (the two files are kept in step), and
     from a pretraining run what ``mim+long+bcp`` trains; ``few`` itself stays the 3000-iteration preset."""
