@@ -113,13 +113,29 @@ def main() -> None:
     print("| method | s/step | x scratch | terms (fwd + losses) | of which EMA teacher | backward | optimiser "
           "| batch end (EMA) |")
     print("|---|---|---|---|---|---|---|---|")
-    base = None
-    for method in args.methods.split(","):
-        p = step_parts(method.strip(), cfg, args.steps, args.bf16)
-        base = base or (p["step"] if method.strip() == "scratch" else None)
-        ratio = f"{p['step'] / base:.2f}" if base else ""
+    step = {}
+    for method in (m.strip() for m in args.methods.split(",")):
+        p = step_parts(method, cfg, args.steps, args.bf16)
+        step[method] = p["step"]
+        ratio = f"{p['step'] / step['scratch']:.2f}" if "scratch" in step else ""
         print(f"| {method} | {p['step']:.3f} | {ratio} | {p['terms']:.3f} | {p['teacher']:.3f} | {p['backward']:.3f} "
               f"| {p['optimiser']:.3f} | {p['batch_end']:.3f} |", flush=True)
+    if {"scratch", "bcp"} <= set(step) and not args.quick:
+        print("\n" + recipe_minutes(step["scratch"], step["bcp"]))
+
+
+def recipe_minutes(supervised_step: float, bcp_step: float) -> str:
+    """The few-label recipe's (``--preset few-bcp``) bare network compute on this machine: its warm start
+    in supervised steps, the rest in BCP steps."""
+    from cardiossp.config import TrainConfig, load_config
+    from cardiossp.semi.bcp import BCP
+
+    recipe = load_config(TrainConfig, "train", "few-bcp")
+    total = recipe.schedule.epochs * recipe.schedule.iters_per_epoch
+    warm = round(total * {**BCP.defaults, **recipe.semi.options}["warmup_fraction"])
+    seconds = warm * supervised_step + (total - warm) * bcp_step
+    return (f"the recipe (few-bcp): {warm} warm-up + {total - warm} BCP steps = {seconds / 60:.1f} min of bare "
+            "network compute (runs add loading, logging and validation: about 1.1x here)")
 
 
 if __name__ == "__main__":
