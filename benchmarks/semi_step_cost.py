@@ -3,6 +3,8 @@
     python benchmarks/semi_step_cost.py                # the few preset's network and batches (8 + 8, 128^2)
     python benchmarks/semi_step_cost.py --bf16         # under bf16 autocast (CPUs with AVX512-BF16 or AMX)
     python benchmarks/semi_step_cost.py --quick        # a seconds-long smoke run of the same code
+    python benchmarks/semi_step_cost.py --methods scratch --compile    # the student under torch.compile
+    python benchmarks/semi_step_cost.py --methods scratch --threads 1  # one thread (run two side by side)
 
 One row per method of ``SEMI_METHODS`` plus ``scratch`` (the supervised step on the labeled batch alone),
 each the mean over ``--steps`` timed steps after two warm-up steps: seconds per step in all, and the parts
@@ -50,11 +52,14 @@ def timed_teacher(totals: dict):
         EMATeacher.forward = original
 
 
-def step_parts(method: str, net_cfg: tuple, steps: int, bf16: bool) -> dict[str, float]:
-    """Mean seconds per step of each part of ``method``'s training step (``scratch``: supervised only)."""
+def step_parts(method: str, net_cfg: tuple, steps: int, bf16: bool, compile_net: bool = False) -> dict[str, float]:
+    """Mean seconds per step of each part of ``method``'s training step (``scratch``: supervised only); with
+    ``compile_net`` the student runs under ``torch.compile`` (compiled in the two warm-up steps)."""
     n_stages, base, top, size, bl, bu = net_cfg
     torch.manual_seed(0)
     net = build_model("unet", n_stages=n_stages, base_features=base, max_features=top)
+    if compile_net:
+        net = torch.compile(net)
     x, y = torch.randn(bl, 1, size, size), torch.randint(0, 4, (bl, 1, size, size))
     unlabeled = {"image": torch.randn(bu, 1, size, size)}
     semi = None if method == "scratch" else build_semi(method, net)
@@ -103,19 +108,24 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a tiny network and batch: checks the code in seconds")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (only where the CPU has native bf16)")
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
+    ap.add_argument("--compile", action="store_true", help="the student network under torch.compile (inductor)")
     ap.add_argument("--methods", default="scratch," + ",".join(SEMI_METHODS.names()),
                     help="comma-separated, e.g. scratch,bcp")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = QUICK if args.quick else FEW
     print(f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{'bf16' if args.bf16 else 'fp32'}; net {cfg[0]} stages {cfg[1]}..{cfg[2]}, {cfg[3]}^2, "
+          f"{'bf16' if args.bf16 else 'fp32'}{', torch.compile' if args.compile else ''}; "
+          f"net {cfg[0]} stages {cfg[1]}..{cfg[2]}, {cfg[3]}^2, "
           f"batch {cfg[4]} labeled + {cfg[5]} unlabeled\n")
     print("| method | s/step | x scratch | terms (fwd + losses) | of which EMA teacher | backward | optimiser "
           "| batch end (EMA) |")
     print("|---|---|---|---|---|---|---|---|")
     step = {}
     for method in (m.strip() for m in args.methods.split(",")):
-        p = step_parts(method, cfg, args.steps, args.bf16)
+        p = step_parts(method, cfg, args.steps, args.bf16, args.compile)
         step[method] = p["step"]
         ratio = f"{p['step'] / step['scratch']:.2f}" if "scratch" in step else ""
         print(f"| {method} | {p['step']:.3f} | {ratio} | {p['terms']:.3f} | {p['teacher']:.3f} | {p['backward']:.3f} "
@@ -135,7 +145,7 @@ def recipe_minutes(supervised_step: float, bcp_step: float) -> str:
     warm = round(total * {**BCP.defaults, **recipe.semi.options}["warmup_fraction"])
     seconds = warm * supervised_step + (total - warm) * bcp_step
     return (f"the recipe (few-bcp): {warm} warm-up + {total - warm} BCP steps = {seconds / 60:.1f} min of bare "
-            "network compute (runs add loading, logging and validation: about 1.1x here)")
+            "network compute, before the run's loading, logging and validation")
 
 
 if __name__ == "__main__":
