@@ -182,18 +182,22 @@ def test_pretraining_run_with_named_settings(tmp_path):
 
 
 def test_the_recipes_ablations_differ_from_it_in_one_setting_each():
-    """``long-bn+bcp``, ``long-lr2x+bcp``, ``long-lrhalf+bcp``: the recipe (``long+bcp``) with BatchNorm, or the
-    lr doubled / halved (the start lr of a run from scratch and from pretraining alike), seed 0 at 5 only."""
+    """``long-bn+bcp``, ``long-lr2x+bcp``, ``long-lrhalf+bcp``, ``long-cpwarm+bcp``: the recipe (``long+bcp``) with
+    BatchNorm, the lr doubled / halved (the start lr of a run from scratch and from pretraining alike), or the BCP
+    authors' copy-paste warm start, seed 0 at 5 only."""
     from cardiossp.train.fit import start_lr
 
     plan = load_plan("acdc-few")
     runs = {r.name: r for r in expand(plan)}
     recipe = train_config(plan, runs["runs/long+bcp-n5-s0"].overrides())
-    bn, double, half = (train_config(plan, runs[f"runs/{m}+bcp-n5-s0"].overrides())
-                        for m in ("long-bn", "long-lr2x", "long-lrhalf"))
+    bn, double, half, cpwarm = (train_config(plan, runs[f"runs/{m}+bcp-n5-s0"].overrides())
+                                for m in ("long-bn", "long-lr2x", "long-lrhalf", "long-cpwarm"))
     assert (recipe.model.norm, bn.model.norm) == ("instance", "batch")
     bn.model.norm = recipe.model.norm
     assert bn == recipe
+    assert (recipe.semi.options, cpwarm.semi.options) == ({}, {"warmup_copy_paste": True})
+    cpwarm.semi.options = {}
+    assert cpwarm == recipe
     for cfg, lr in ((double, 0.02), (half, 0.005)):
         assert cfg.optim.lr == lr and cfg.semi.method == "bcp" and cfg.schedule.epochs == 120
         cfg.finetune.init = "pretrain/mim-s0"

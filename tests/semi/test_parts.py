@@ -121,6 +121,57 @@ def test_bcp_mix_loss_weights_the_two_regions():
     assert dice.item() == pytest.approx(ref_dice, 1e-5) and ce.item() == pytest.approx(ref_ce.item(), 1e-5)
 
 
+def test_bcp_copy_paste_warm_start_mixes_labeled_halves_and_their_labels():
+    """``warmup_copy_paste``: during the warm start the student sees labeled ``a`` outside the step's box and
+    labeled ``b`` inside it, and the loss is (Dice + CE) / 2 of that image against ``a``'s / ``b``'s labels
+    with both regions weighing 1 (slow reference); no teacher starts. Off, the warm start is the
+    supervised loss of the whole labeled batch."""
+    from cardiossp.semi import build_semi
+    from cardiossp.semi.base import Step
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 1)
+
+        def forward(self, x):
+            self.seen = x.clone()
+            return self.conv(x)
+
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 1, 12, 10), torch.randint(0, 4, (4, 1, 12, 10))
+    lab, unl = {"image": x, "segmentation": y}, {"image": torch.randn(4, 1, 12, 10)}
+    sup_calls = []
+
+    def supervised(out, seg):
+        sup_calls.append(out.shape[0])
+        return {"loss": out.float().mean()}
+
+    net = Recorder()
+    method = build_semi("bcp", net, {"warmup_fraction": 0.5, "warmup_copy_paste": True})
+    step = Step(progress=0.1, global_step=3, generator=step_generator(0, 3, torch.device("cpu")))
+    terms = method.training_terms(net, supervised, lab, unl, step)
+    mask = copy_paste_mask(12, 10, step_generator(0, 3, torch.device("cpu")), "cpu")
+    box = mask == 0
+    assert 0 < int(box.sum()) < mask.numel() and not sup_calls and not bool(method.teacher_started)
+    expected = torch.where(box, x[2:4, 0], x[0:2, 0])[:, None]
+    torch.testing.assert_close(net.seen, expected)
+    target = torch.where(box, y[2:4, 0], y[0:2, 0])
+    with torch.no_grad():
+        logits = net.conv(expected)
+    probs = logits.softmax(1)
+    ref_dice = slow_masked_dice(probs, target, mask.expand(2, 12, 10)) + slow_masked_dice(probs, target,
+                                                                                          box.expand(2, 12, 10))
+    cel = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    ref_ce = cel[:, ~box].mean() + cel[:, box].mean()
+    assert terms["loss"].item() == pytest.approx((ref_dice + ref_ce.item()) / 2, rel=1e-5)
+    assert float(terms["sup"]) == pytest.approx(terms["loss"].item()) and float(terms["unsup"]) == 0
+
+    plain = build_semi("bcp", net, {"warmup_fraction": 0.5})
+    terms = plain.training_terms(net, supervised, lab, unl, step)
+    assert sup_calls == [4] and net.seen.shape[0] == 4
+
+
 def test_largest_component_per_class_keeps_the_biggest_blob():
     lab = torch.zeros(1, 10, 10, dtype=torch.long)
     lab[0, 0:4, 0:4] = 1  # 16 px

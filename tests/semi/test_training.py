@@ -140,13 +140,16 @@ def test_semi_resume_gives_the_uninterrupted_weights(tmp_path, phantom_cache, on
             torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=f"{method}: {k}")
 
 
-@pytest.mark.parametrize("stop_epochs", [1, 2])
-def test_bcp_resume_before_and_after_its_teacher_starts(tmp_path, phantom_cache, one_thread, stop_epochs):
+@pytest.mark.parametrize("stop_epochs,copy_paste_warm_start", [(1, False), (2, False), (2, True)])
+def test_bcp_resume_before_and_after_its_teacher_starts(tmp_path, phantom_cache, one_thread, stop_epochs,
+                                                        copy_paste_warm_start):
     """BCP copies its EMA teacher from the student when the warm start ends (step 2 of 6 here): a run
     interrupted before that (1 epoch) or after it (2 epochs) resumes to the uninterrupted student and
-    teacher, and the teacher is not copied a second time on resume."""
+    teacher, and the teacher is not copied a second time on resume; also with the authors' copy-paste
+    warm start (``warmup_copy_paste``)."""
     cache, split = phantom_cache
-    cfg = semi_cfg("bcp", **{"schedule.epochs": 3, "semi.options": {"warmup_fraction": 0.3}})
+    options = {"warmup_fraction": 0.3, "warmup_copy_paste": copy_paste_warm_start}
+    cfg = semi_cfg("bcp", **{"schedule.epochs": 3, "semi.options": options})
     full = train_segmentation(cfg, cache, split, tmp_path / "full", progress=False)
     part = train_segmentation(cfg, cache, split, tmp_path / "part", progress=False,
                               callbacks=[StopAfter(stop_epochs)])
