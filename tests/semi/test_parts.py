@@ -168,7 +168,7 @@ def test_bcp_copy_paste_warm_start_mixes_labeled_halves_and_their_labels():
     assert float(terms["sup"]) == pytest.approx(terms["loss"].item()) and float(terms["unsup"]) == 0
 
     plain = build_semi("bcp", net, {"warmup_fraction": 0.5})
-    terms = plain.training_terms(net, supervised, lab, unl, step)
+    plain.training_terms(net, supervised, lab, unl, step)
     assert sup_calls == [4] and net.seen.shape[0] == 4
 
 
