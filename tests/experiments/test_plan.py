@@ -184,7 +184,7 @@ def test_pretraining_run_with_named_settings(tmp_path):
 def test_the_recipes_ablations_differ_from_it_in_one_setting_each():
     """``long-bn+bcp``, ``long-lr2x+bcp``, ``long-lrhalf+bcp``, ``long-cpwarm+bcp``: the recipe (``long+bcp``) with
     BatchNorm, the lr doubled / halved (the start lr of a run from scratch and from pretraining alike), or the BCP
-    authors' copy-paste warm start, seed 0 at 5 only."""
+    authors' copy-paste warm start, at 5 only: seed 0, and seeds 1-2 for the doubled lr."""
     from cardiossp.train.fit import start_lr
 
     plan = load_plan("acdc-few")
@@ -203,6 +203,8 @@ def test_the_recipes_ablations_differ_from_it_in_one_setting_each():
         cfg.finetune.init = "pretrain/mim-s0"
         assert start_lr(cfg) == lr
     assert not any(n.startswith("runs/long-bn+bcp") and not n.endswith("-n5-s0") for n in runs)
+    assert sorted(n for n in runs if n.startswith("runs/long-lr2x+bcp")) == [
+        f"runs/long-lr2x+bcp-n5-s{s}" for s in range(3)]
 
 
 def test_the_recipe_preset_is_the_plans_recipe_arm():
