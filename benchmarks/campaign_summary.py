@@ -6,7 +6,8 @@
 
 Columns: mean and per-class test 3D Dice (native grid), HD95 per class (mm), LVEF absolute error
 (percentage points; mean / median over subjects: one near-empty ED LV drives the mean), training wall
-time (``done.json`` seconds; minutes) and the final validation pseudo-Dice. Reads
+time (``done.json`` seconds; minutes), the final validation pseudo-Dice, and where the time was taken: the
+CPU (family / model) and precision ``done.json`` records (``–`` for runs older than that record). Reads
 ``RUN/eval/<--eval>/summary.json`` and ``RUN/done.json``. A self-training run's minutes include its
 teacher's (``done.json`` ``pseudo_labels.teacher``), the pseudo-labelling excepted.
 """
@@ -17,6 +18,8 @@ import argparse
 import fnmatch
 import json
 from pathlib import Path
+
+PRECISION = {"32-true": "fp32", "32": "fp32", "bf16-mixed": "bf16", "16-mixed": "fp16"}
 
 
 def train_seconds(done: dict) -> float:
@@ -39,9 +42,11 @@ def row(run: Path, evaluation: str = "test") -> str | None:
     hd = [ov[f"hd95_{c}"]["mean"] for c in ("LV", "MYO", "RV")]
     ef = [clin.get("LV_EF", {}).get(k) for k in ("mae", "median_abs_error")]
     val = d.get("metrics", {}).get("val_dice", float("nan"))
+    cpu, precision = (d.get("machine") or {}).get("cpu"), d.get("precision")
+    where = ", ".join(v for v in (cpu, PRECISION.get(precision, precision)) if v) or "–"
     return (f"| {run.name} | {ov['dice_mean']['mean']:.3f} | " + " / ".join(f"{v:.3f}" for v in dice) + " | "
             + " / ".join(f"{v:.1f}" for v in hd) + " | " + " / ".join("–" if v is None else f"{v:.1f}" for v in ef)
-            + f" | {train_seconds(d) / 60:.1f} | {val:.3f} |")
+            + f" | {train_seconds(d) / 60:.1f} | {val:.3f} | {where} |")
 
 
 def main() -> None:
@@ -52,8 +57,8 @@ def main() -> None:
     ap.add_argument("--also", nargs="*", type=Path, default=[], help="run folders outside the campaign")
     args = ap.parse_args()
     print("| run | mean Dice | LV / MYO / RV Dice | HD95 LV / MYO / RV (mm) | LVEF error mean / median "
-          "| train min | val |")
-    print("|---|---|---|---|---|---|---|")
+          "| train min | val | machine |")
+    print("|---|---|---|---|---|---|---|---|")
     runs = [r for r in sorted((args.campaign / "runs").iterdir()) if any(fnmatch.fnmatch(r.name, p) for p in args.runs)]
     for run in runs + list(args.also):
         if line := row(run, args.eval):

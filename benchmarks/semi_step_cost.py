@@ -24,9 +24,9 @@ import time
 
 import torch
 
+from cardiossp.machine import cpu_name
 from cardiossp.models import build_model
 from cardiossp.semi import SEMI_METHODS, EMATeacher, Step, build_semi, step_generator
-from cardiossp.throughput import cpu_name
 from cardiossp.train.losses import DeepSupervisionLoss, DiceCELoss
 
 FEW = (6, 16, 256, 128, 8, 8)  # n_stages, base, top, size, labeled batch, unlabeled batch (preset `few`)

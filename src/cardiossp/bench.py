@@ -10,7 +10,6 @@ memory. Writes ``bench.md`` and ``bench.json`` in the output folder.
 from __future__ import annotations
 
 import json
-import platform
 import resource
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from .data.cache import prepare
 from .data.slices import SliceCache
 from .data.splits import make_split, save_split
 from .evaluate.run import evaluate_run
+from .machine import machine_summary
 from .train.fit import train_segmentation
 
 # The cpu presets' grid: 1.6 mm (close to ACDC's native 1.4-1.6 mm) x 160 px = the 256 mm field of
@@ -38,7 +38,7 @@ def peak_memory_gb() -> float:
 
 
 def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return f"{machine_summary()}, torch {torch.__version__}"
 
 
 def bench_supervised(data: str | Path, out: str | Path, reader: str = "acdc", preset: str = "cpu",

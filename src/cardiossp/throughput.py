@@ -14,7 +14,6 @@ Rows, each measured in this one process (quote ratios, and the CPU this prints):
 from __future__ import annotations
 
 import contextlib
-import platform
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .atomic import write_text
 from .config import TrainConfig, load_config
+from .machine import cpu_name
 from .models import build_model
 from .train.losses import DeepSupervisionLoss, DiceCELoss
 from .train.precision import cpu_has_native_bf16, resolve_precision
@@ -35,14 +35,6 @@ NETS = {  # label: (n_stages, base, top, size, batch)
     "paper net 32..512, 256^2, batch 8": (7, 32, 512, 256, 8),
 }
 QUICK = {"tiny net 8..32, 64^2, batch 4": (4, 8, 32, 64, 4)}
-
-
-def cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _autocast(bf16: bool):

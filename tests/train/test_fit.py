@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from cardiossp.config import TrainConfig, load_config
+from cardiossp.machine import machine_facts, machine_summary
 from cardiossp.train.fit import train_segmentation
+from cardiossp.train.precision import resolve_precision
 from cardiossp.train.segmentation import poly_lr
 from tests.stop_after import StopAfter
 
@@ -37,7 +39,11 @@ def test_training_learns_the_phantom(tmp_path, phantom_cache, one_thread):
     assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     cfg = (run / "config.yaml").read_text()
     assert "git_sha" in cfg and "train_subjects" in cfg
-    assert json.loads((run / "done.json").read_text())["steps"] == 60
+    done = json.loads((run / "done.json").read_text())
+    assert done["steps"] == 60
+    # the wall time travels with its hardware and precision
+    assert done["machine"] == machine_facts() and done["precision"] == resolve_precision("auto", "cpu")
+    assert f"machine: {machine_summary()}" in (run / "train.log").read_text()
 
 
 def test_resume_gives_the_uninterrupted_weights(tmp_path, phantom_cache, one_thread):

@@ -16,7 +16,9 @@ A run function reads as::
 ``cardiossp`` logger says while the run is open (e.g. what a fine-tuning start transferred), the start
 facts of each session (version and git SHA, config summary, devices, precision, resume point), the
 progress lines and one line per epoch (``engine.LineProgress`` / ``EpochLine``), and the end: the
-``done.json`` facts with the final metrics, or why the session stopped.
+``done.json`` facts with the final metrics, or why the session stopped. ``done.json`` names the precision
+and the machine of the session that finished the run (``machine.machine_facts``: CPU with family / model,
+threads, GPUs), so a wall time never travels without its hardware.
 
 Global-batch policy (as nnU-Net's DDP): ``data.batch_size`` is the global batch; each of the
 trainer's ``world_size`` processes takes ``batch_size / world_size`` slices a step, so the number of
@@ -46,6 +48,7 @@ from torch.utils.data import DataLoader
 from ..atomic import write_json
 from ..config import save_run_config
 from ..errors import CheckpointError
+from ..machine import machine_facts, machine_summary
 from ..models.weights import load_torch_file
 from .engine import build_trainer, kept_metrics, rank_batch, resume_point, steps_per_epoch
 from .sampling import SeededItems, SeededSampler, worker_threads
@@ -235,6 +238,7 @@ class RunSkeleton:
         c = self.cfg
         log.info(f"trainer: accelerator {c.accelerator}, devices {c.devices}, nodes {c.num_nodes}, "
                  f"world size {self.world_size}, precision {self.trainer.precision}")
+        log.info(f"machine: {machine_summary()}")
 
     @property
     def world_size(self) -> int:
@@ -287,7 +291,8 @@ class RunSkeleton:
 
     def write_done(self, **facts) -> dict:
         done = {"seconds": self.seconds, "epochs": self.epochs, "steps": self.trainer.global_step,
-                "world_size": self.world_size, **facts}
+                "world_size": self.world_size, "precision": str(self.trainer.precision),
+                "machine": machine_facts(), **facts}
         write_json(self.out / "done.json", done)
         final = {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
         log.info(f"finished: {_facts(done)}")
