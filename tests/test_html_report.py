@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import shutil
 import subprocess
@@ -15,6 +17,7 @@ from cardiossp.config import TrainConfig, load_config
 from cardiossp.errors import ConfigError
 from cardiossp.evaluate.run import evaluate_run
 from cardiossp.html_report import write_html_report
+from cardiossp.machine import machine_summary
 from cardiossp.train.fit import train_segmentation
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -49,6 +52,8 @@ def test_run_page_holds_tables_figures_and_escapes(evaluated_run):
     assert len(images) >= 5  # 2 overlays, 2 volume curves, the validation curve
     assert "http://" not in text and "https://" not in text  # self-contained
     assert "<script" not in text
+    done = json.loads((evaluated_run / "done.json").read_text())
+    assert html.escape(machine_summary(done["machine"])) in text  # the training time names its machine
 
 
 def test_refuses_a_folder_that_is_neither(tmp_path):

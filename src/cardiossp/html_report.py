@@ -23,6 +23,7 @@ import pandas as pd
 
 from .atomic import write_text
 from .errors import ConfigError
+from .machine import machine_summary
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
@@ -70,6 +71,8 @@ def _facts(run: Path) -> str:
             ("semi-supervised", cfg.get("semi", {}).get("method") or "none"),
             ("labeled subjects", cfg.get("labeled_subjects") or "all"),
             ("training time", f"{done['seconds'] / 60:.1f} min" if "seconds" in done else "–"),
+            ("trained on", f"{machine_summary(done['machine'])}; precision {done.get('precision', '–')}"
+             if "machine" in done else "–"),
             ("cardiossp", f"{doc.get('cardiossp_version', '–')} ({str(doc.get('git_sha', '–'))[:10]})")]
     body = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows)
     return f'<h2>Run</h2><table class="facts">{body}</table>'
