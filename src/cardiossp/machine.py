@@ -1,10 +1,10 @@
 """The machine a run or a benchmark ran on, so that every wall time names its hardware.
 
-Written into each run's ``done.json`` (``machine``) and its ``train.log``, printed by ``cardiossp bench
---throughput`` and the benchmark scripts. A CPU's marketing name alone does not say how fast it is:
-virtual machines report "AMD EPYC" for Zen 2, Zen 3 and Zen 4 parts alike, whose fp32 training speed
-differs by up to 1.6x on our networks, so x86 names carry the CPU family and model as ``lscpu`` prints
-them ("AMD EPYC (family 25 model 1)").
+Written into each run's ``done.json`` (``machine``), its ``train.log`` and ``report.html``, printed by
+``cardiossp bench`` (also ``--throughput``) and the benchmark scripts. A CPU's marketing name alone does not
+say how fast it is: our virtual machines report "AMD EPYC" for parts of several generations, and two of them
+(family 23 model 49, family 25 model 1) ran the few-label steps 1.5-2x apart in fp32 (docs/BENCHMARKS.md), so
+x86 names carry the CPU family and model as ``lscpu`` prints them ("AMD EPYC (family 25 model 1)").
 """
 
 from __future__ import annotations
